@@ -1,0 +1,12 @@
+"""fdd: text-guided video editing with diffusion models (EVE/FDD, ASSD, EI²).
+
+A plain PyTorch + diffusers library; it never imports ComfyUI. The ComfyUI nodes in
+``nodes/`` adapt it. Sub-packages:
+
+- ``fdd.models``: loaders for real weight files (SD 1.x, ControlNet, AnimateDiff, LoRA, UNet3D)
+- ``fdd.sampling``: DDIM sampling / inversion, guidance, frame windows
+- ``fdd.pipelines``: the video-edit stacks built from loaded models
+- ``fdd.testing``: tiny random models written in the real on-disk formats
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Shared conversions: prompts to embeddings, frames to latents and back."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], device=None) -> torch.Tensor:
+    """SD 1.x text conditioning: CLIP tokens padded / truncated to the encoder's 77 positions,
+    the last hidden state (after the final layer norm) as ``encoder_hidden_states``."""
+    if tokenizer is None:
+        raise ValueError("tokenizer: the backbone has no tokenizer; load it with a tokenizer folder "
+                         "(outside ComfyUI) or run inside ComfyUI, which provides comfy/sd1_tokenizer")
+    device = device or next(text_encoder.parameters()).device
+    max_len = getattr(text_encoder.config, "max_position_embeddings", 77)
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    vocab = text_encoder.config.vocab_size
+    if int(ids.max()) >= vocab:
+        raise ValueError(f"tokenizer: produced token id {int(ids.max())} but the text encoder has only "
+                         f"{vocab} tokens; the tokenizer does not belong to this model")
+    return text_encoder(ids)[0]
+
+
+def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE ``[F, H, W, C]`` in 0..1 -> ``[F, C, H, W]`` in -1..1 (RGB; alpha dropped)."""
+    if frames.dim() != 4 or frames.shape[-1] not in (3, 4):
+        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3], got shape "
+                         f"{tuple(frames.shape)}")
+    return frames[..., :3].permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """``[F, C, H, W]`` in -1..1 -> ComfyUI IMAGE ``[F, H, W, C]`` in 0..1 (clamped, float32, CPU)."""
+    return ((pixels.float().clamp(-1, 1) + 1.0) / 2.0).permute(0, 2, 3, 1).cpu().contiguous()
+
+
+def fit_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """The largest size <= (height, width) whose sides are multiples of ``multiple``."""
+    h, w = (height // multiple) * multiple, (width // multiple) * multiple
+    if h == 0 or w == 0:
+        raise ValueError(f"frames: {height}x{width} is smaller than the model's minimum size "
+                         f"{multiple}x{multiple}")
+    return h, w
+
+
+def resize_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(pixels.shape[-2:]) == tuple(size):
+        return pixels
+    return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@torch.no_grad()
+def vae_encode(vae, pixels: torch.Tensor, scaling_factor: float, batch: int = 8) -> torch.Tensor:
+    """Pixels ``[N, 3, H, W]`` (-1..1) -> latents ``[N, C, h, w]``: the posterior mean times the
+    scaling factor (deterministic, as editing methods use for the source video)."""
+    dtype = next(vae.parameters()).dtype
+    outs = [vae.encode(pixels[i:i + batch].to(dtype)).latent_dist.mean for i in range(0, len(pixels), batch)]
+    return torch.cat(outs) * scaling_factor
+
+
+@torch.no_grad()
+def vae_decode(vae, latents: torch.Tensor, scaling_factor: float, batch: int = 8) -> torch.Tensor:
+    dtype = next(vae.parameters()).dtype
+    outs = [vae.decode((latents[i:i + batch] / scaling_factor).to(dtype)).sample
+            for i in range(0, len(latents), batch)]
+    return torch.cat(outs)

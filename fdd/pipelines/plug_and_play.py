@@ -1,0 +1,146 @@
+"""Plug-and-play video editing (EVE §3.1.3): the edit adapter and the video adapter attached
+to the same frozen backbone at once, before any alignment, sampled with DDIM.
+
+The backbone is conditioned on the output caption c_out; the edit adapter (ControlNet) on the
+input frame and the instruction c_instruct, frames stacked as a batch (§3.1.3 footnote 1);
+the video adapter couples the frames. Guidance follows InstructPix2Pix's two-condition rule
+(see :func:`fdd.sampling.instruct_pix2pix_guidance`), the "image" condition being the edit
+adapter with its frame. Clips longer than ``context_frames`` go through overlapping windows
+(EVE §4.0.4) blended at every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..sampling import (DDIMSchedule, add_noise, ddim_sample, instruct_pix2pix_guidance,
+                        classifier_free_guidance, windowed_predict)
+from ..sampling.control import CancelCheck, ProgressCallback
+from .common import (encode_prompts, fit_size, frames_to_pixels, pixels_to_frames, resize_pixels,
+                     vae_decode, vae_encode)
+from .stack import VideoEditStack
+
+
+@dataclass
+class PlugAndPlayConfig:
+    """Sampling settings (defaults: 20 DDIM steps; text / image guidance 7.5 / 1.5, the
+    InstructPix2Pix defaults; 16-frame windows overlapping by 4, AnimateDiff's context)."""
+
+    steps: int = 20
+    text_cfg: float = 7.5
+    image_cfg: float = 1.5
+    control_strength: float = 1.0
+    seed: int = 0
+    context_frames: int = 16
+    context_overlap: int = 4
+    denoise: float = 1.0
+    negative_prompt: str = ""
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps: expected >= 1, got {self.steps}")
+        if not 0.0 < self.denoise <= 1.0:
+            raise ValueError(f"denoise: expected 0 < denoise <= 1, got {self.denoise}")
+        if self.text_cfg < 0 or self.image_cfg < 0:
+            raise ValueError("cfg / image_cfg: expected non-negative guidance scales")
+        if self.context_frames < 1 or not 0 <= self.context_overlap < self.context_frames:
+            raise ValueError(f"context_overlap: expected 0 <= overlap < context_frames "
+                             f"({self.context_frames}), got {self.context_overlap}")
+
+
+def _branch_plan(has_control: bool, text_cfg: float, image_cfg: float) -> list[str]:
+    """Which predictions the guidance rule needs; unneeded branches are never evaluated."""
+    if not has_control:
+        return ["full"] if text_cfg == 1.0 else ["full", "uncond"]
+    if image_cfg == 1.0:
+        return ["full"] if text_cfg == 1.0 else ["full", "image"]
+    return ["full", "image", "uncond"]
+
+
+def make_edit_eps_fn(stack: VideoEditStack, control_pixels: Optional[torch.Tensor], caption_emb,
+                     instruction_emb, empty_emb, cfg: PlugAndPlayConfig):
+    """Build ``eps_fn(latents (1, C, F, h, w), t)`` applying guidance and frame windows; all
+    needed branches run through the UNet (and ControlNet) in one batched call per window."""
+    has_control = stack.controlnet is not None and control_pixels is not None
+    plan = _branch_plan(has_control, cfg.text_cfg, cfg.image_cfg)
+    text = {"full": caption_emb, "image": empty_emb, "uncond": empty_emb}
+    ctrl_text = {"full": instruction_emb, "image": empty_emb, "uncond": empty_emb}
+    ctrl_on = {"full": True, "image": True, "uncond": False}
+    text_b = torch.cat([text[b] for b in plan])
+    ctrl_b = torch.cat([ctrl_text[b] for b in plan])
+    on_b = [ctrl_on[b] and has_control for b in plan]
+
+    def window_eps(x_win: torch.Tensor, s: int, e: int, t: int) -> torch.Tensor:
+        n = len(plan)
+        xb = x_win.expand(n, *x_win.shape[1:])
+        img = control_pixels[s:e] if has_control else None
+        eps = stack.predict_noise(xb, t, text_b, ctrl_b, img, on_b, cfg.control_strength)
+        parts = dict(zip(plan, eps.split(1)))
+        if plan == ["full"]:
+            return parts["full"]
+        if not has_control:
+            return classifier_free_guidance(parts["uncond"], parts["full"], cfg.text_cfg)
+        if "uncond" not in parts:  # image_cfg == 1: the uncond terms cancel exactly
+            return classifier_free_guidance(parts["image"], parts["full"], cfg.text_cfg)
+        return instruct_pix2pix_guidance(parts["uncond"], parts["image"], parts["full"],
+                                         cfg.text_cfg, cfg.image_cfg)
+
+    def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+        return windowed_predict(lambda xw, s, e: window_eps(xw, s, e, t), x,
+                                cfg.context_frames, cfg.context_overlap, frame_dim=2)
+
+    eps_fn.plan = plan  # exposed for benches and tests
+    return eps_fn
+
+
+@torch.no_grad()
+def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
+                       config: PlugAndPlayConfig | None = None, *,
+                       callback: ProgressCallback | None = None,
+                       should_cancel: CancelCheck | None = None) -> torch.Tensor:
+    """Edit ``frames`` (ComfyUI IMAGE ``[F, H, W, 3]``, 0..1) with ``instruction``, the result
+    described by ``caption``. Returns edited frames of the same shape.
+
+    Frames are resized to the nearest smaller size the UNet accepts and the result resized
+    back. With ``denoise`` < 1 sampling starts from the input video's latent noised to the
+    matching timestep (SDEdit) instead of pure noise.
+    """
+    cfg = config or PlugAndPlayConfig()
+    cfg.validate()
+    bb = stack.backbone
+    device, dtype = stack.device, stack.dtype
+    F_, H, W, _ = frames.shape
+    if F_ < 1:
+        raise ValueError("frames: the IMAGE batch is empty")
+    levels = len(bb.unet.config.block_out_channels)
+    h, w = fit_size(H, W, bb.vae_scale_factor * 2 ** (levels - 1))
+    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(device)
+    with stack.applied_loras():
+        te = bb.text_encoder
+        caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)
+        instruction_emb = encode_prompts(bb.tokenizer, te, [instruction], device)
+        empty_emb = encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device)
+        control = ((pixels + 1) / 2) if stack.controlnet is not None else None
+        eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
+        schedule = DDIMSchedule()
+        C = bb.unet.config.in_channels
+        lat_shape = (1, C, F_, h // bb.vae_scale_factor, w // bb.vae_scale_factor)
+        gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
+        noise = torch.randn(lat_shape, generator=gen, dtype=torch.float32).to(device)
+        start = cfg.steps - max(1, round(cfg.steps * cfg.denoise))
+        if start > 0:
+            src = vae_encode(bb.vae, pixels, bb.scaling_factor).float()
+            src = src.view(F_, C, *lat_shape[-2:]).permute(1, 0, 2, 3).unsqueeze(0)
+            t0 = schedule.timesteps(cfg.steps)[start]
+            latents = add_noise(src, noise, schedule.alpha_bar(t0))
+        else:
+            latents = noise
+        latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start,
+                              callback=callback, should_cancel=should_cancel)
+        flat = latents[0].permute(1, 0, 2, 3)
+        out = vae_decode(bb.vae, flat.to(dtype), bb.scaling_factor)
+    out = resize_pixels(out.float(), (H, W))
+    return pixels_to_frames(out)

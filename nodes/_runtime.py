@@ -1,0 +1,186 @@
+"""ComfyUI glue shared by the nodes: model folders, device / dtype choice, caching, progress.
+
+No algorithm code here: everything numerical lives in ``fdd``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+
+log = logging.getLogger("fdd")
+
+#: model folders this pack reads besides ComfyUI's own (name -> extensions)
+PACK_FOLDERS = {
+    "animatediff_models": folder_paths.supported_pt_extensions,
+}
+
+
+def register_model_folders() -> None:
+    """Register the AnimateDiff convention folder ``models/animatediff_models`` (and any path
+    given for it in extra_model_paths.yaml) so the video-adapter loader lists its files."""
+    for name, exts in PACK_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, name)
+        if name in folder_paths.folder_names_and_paths:
+            paths, old_exts = folder_paths.folder_names_and_paths[name]
+            if default not in paths:
+                paths.append(default)
+            folder_paths.folder_names_and_paths[name] = (paths, set(old_exts) | set(exts))
+        else:
+            folder_paths.folder_names_and_paths[name] = ([default], set(exts))
+
+
+def list_files(folder: str) -> list[str]:
+    try:
+        return folder_paths.get_filename_list(folder)
+    except KeyError:
+        return []
+
+
+def list_subfolders(folder: str, marker: Callable[[str], bool]) -> list[str]:
+    """Sub-folders (relative names) of a ComfyUI model folder for which ``marker(path)`` holds."""
+    out = []
+    try:
+        roots = folder_paths.get_folder_paths(folder)
+    except KeyError:
+        return out
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for name in sorted(os.listdir(root)):
+            p = os.path.join(root, name)
+            if os.path.isdir(p) and marker(p):
+                out.append(name)
+    return out
+
+
+def resolve_folder(folder: str, name: str, input_name: str) -> str:
+    for root in folder_paths.get_folder_paths(folder):
+        p = os.path.join(root, name)
+        if os.path.isdir(p):
+            return p
+    raise ValueError(f"{input_name}: no folder named {name!r} in ComfyUI's '{folder}' model folders "
+                     f"({', '.join(folder_paths.get_folder_paths(folder))})")
+
+
+def resolve_file(folder: str, name: str, input_name: str) -> str:
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise ValueError(f"{input_name}: {name!r} is not in ComfyUI's '{folder}' model folders "
+                         f"({', '.join(folder_paths.get_folder_paths(folder))})")
+    return path
+
+
+def comfy_sd1_tokenizer_dir() -> str:
+    """ComfyUI's bundled SD 1.x CLIP tokenizer files (``comfy/sd1_tokenizer``)."""
+    import comfy.sd1_clip
+
+    return os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_tokenizer")
+
+
+def compute_device() -> torch.device:
+    return mm.get_torch_device()
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """fp16 / bf16 where ComfyUI's model management says the device supports it, else fp32."""
+    if device.type == "cpu":
+        return torch.float32
+    if mm.should_use_fp16(device):
+        return torch.float16
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def offload_device() -> torch.device:
+    return mm.unet_offload_device()
+
+
+class ModelCache:
+    """Small LRU of loaded modules keyed by (kind, path, mtime, options), so re-queuing a
+    graph does not reload files; entries are evicted beyond ``capacity``."""
+
+    def __init__(self, capacity: int = 6):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(path: str) -> float:
+        try:
+            if os.path.isdir(path):
+                return max((os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs),
+                           default=os.path.getmtime(path))
+            return os.path.getmtime(path)
+        except OSError:
+            return 0.0
+
+    def get(self, kind: str, path: str, loader: Callable[[], Any], *options) -> Any:
+        key = (kind, os.path.abspath(path), self._stamp(path)) + tuple(options)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        obj = loader()
+        with self._lock:
+            self._items[key] = obj
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return obj
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+CACHE = ModelCache()
+
+
+def _module_bytes(modules) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+@contextlib.contextmanager
+def on_compute_device(modules):
+    """Move ``modules`` to ComfyUI's compute device in its preferred dtype for the block, freeing
+    ComfyUI-held models first if memory is short; move them back to the offload device after,
+    so nothing of ours holds VRAM between runs."""
+    device = compute_device()
+    dtype = compute_dtype(device)
+    if device.type != "cpu":
+        mm.free_memory(int(_module_bytes(modules) * 1.3) + 512 * 1024 ** 2, device)
+    for m in modules:
+        m.to(device=device, dtype=dtype)
+    try:
+        yield device, dtype
+    finally:
+        if device.type != "cpu":
+            off = offload_device()
+            for m in modules:
+                m.to(off)
+            mm.soft_empty_cache()
+
+
+def progress_callback(total: int):
+    """A ``fdd`` progress callback driving ComfyUI's ProgressBar; the bar's hook raises
+    ComfyUI's interrupt exception when the user presses Cancel (POST /interrupt)."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def cb(step: int, total_: int, latents=None) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(step, total_)
+
+    return cb
+

@@ -1,0 +1,191 @@
+"""Loader nodes: SD 1.x backbone, edit adapter (ControlNet), video adapter (AnimateDiff motion
+module), LoRA (stackable) and text-to-video UNet3D. Files come from ComfyUI's model folders."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from ..fdd.models.controlnet import load_controlnet
+from ..fdd.models.lora import read_lora
+from ..fdd.models.motion import load_motion_adapter
+from ..fdd.models.sd1 import load_sd1
+from ..fdd.models.t2v import load_t2v_unet
+from . import _runtime as rt
+from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, T2VUNet, VideoAdapter
+
+CATEGORY = "video edit (fdd)/loaders"
+DIFFUSERS_PREFIX = "diffusers/"
+
+
+def _is_sd_pipeline(path: str) -> bool:
+    return all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vae", "text_encoder"))
+
+
+def _is_t2v_folder(path: str) -> bool:
+    for cfg in (os.path.join(path, "unet", "config.json"), os.path.join(path, "config.json")):
+        if os.path.isfile(cfg):
+            with open(cfg, encoding="utf-8") as fh:
+                if "UNet3DConditionModel" in fh.read():
+                    return True
+    return False
+
+
+def _has_config(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+class LoadBackbone(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        options = rt.list_files("checkpoints") + [
+            DIFFUSERS_PREFIX + n for n in rt.list_subfolders("diffusers", _is_sd_pipeline)]
+        return io.Schema(
+            node_id="FDD_LoadBackbone",
+            display_name="FDD Load SD1.x Backbone",
+            category=CATEGORY,
+            description="Loads a Stable Diffusion 1.x checkpoint (UNet, VAE, CLIP text encoder) as the "
+                        "frozen text-to-image backbone the edit and video adapters stack on. The "
+                        "architecture is read from the weights; SDXL / SD2 files are refused.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=options,
+                               tooltip="An SD 1.x single-file checkpoint from models/checkpoints "
+                                       "(.safetensors, or a weights-only .ckpt), or a diffusers "
+                                       "pipeline folder from models/diffusers (listed as 'diffusers/NAME')."),
+            ],
+            outputs=[Backbone.Output(display_name="backbone")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name: str) -> io.NodeOutput:
+        if ckpt_name.startswith(DIFFUSERS_PREFIX):
+            path = rt.resolve_folder("diffusers", ckpt_name[len(DIFFUSERS_PREFIX):], "ckpt_name")
+        else:
+            path = rt.resolve_file("checkpoints", ckpt_name, "ckpt_name")
+        tok = rt.comfy_sd1_tokenizer_dir()
+
+        def load():
+            bb = load_sd1(path, tokenizer=None if os.path.isdir(path) else tok)
+            if bb.tokenizer is None:
+                from transformers import CLIPTokenizer
+
+                bb.tokenizer = CLIPTokenizer.from_pretrained(tok, local_files_only=True)
+            for m in (bb.unet, bb.vae, bb.text_encoder):
+                m.requires_grad_(False)
+            return bb
+
+        bb = rt.CACHE.get("backbone", path, load)
+        return io.NodeOutput(BackboneHandle(bb, ckpt_name))
+
+
+class LoadEditAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        options = rt.list_files("controlnet") + [
+            DIFFUSERS_PREFIX + n for n in rt.list_subfolders("controlnet", _has_config)]
+        return io.Schema(
+            node_id="FDD_LoadEditAdapter",
+            display_name="FDD Load Edit Adapter (ControlNet)",
+            category=CATEGORY,
+            description="Loads the image-editing adapter: an instruction ControlNet such as "
+                        "control_v11e_sd15_ip2p, which gets the input frame and the edit instruction.",
+            inputs=[
+                io.Combo.Input("controlnet_name", options=options,
+                               tooltip="A ControlNet from models/controlnet: an LDM single file "
+                                       "(control_model.* keys) or a diffusers folder ('diffusers/NAME')."),
+            ],
+            outputs=[EditAdapter.Output(display_name="edit_adapter")],
+        )
+
+    @classmethod
+    def execute(cls, controlnet_name: str) -> io.NodeOutput:
+        if controlnet_name.startswith(DIFFUSERS_PREFIX):
+            path = rt.resolve_folder("controlnet", controlnet_name[len(DIFFUSERS_PREFIX):], "controlnet_name")
+        else:
+            path = rt.resolve_file("controlnet", controlnet_name, "controlnet_name")
+        cn = rt.CACHE.get("controlnet", path, lambda: load_controlnet(path).requires_grad_(False))
+        return io.NodeOutput(AdapterHandle(cn, controlnet_name, path))
+
+
+class LoadVideoAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FDD_LoadVideoAdapter",
+            display_name="FDD Load Video Adapter (AnimateDiff)",
+            category=CATEGORY,
+            description="Loads the video-generation adapter: AnimateDiff motion modules (v1, v2, v3 "
+                        "original files, or a diffusers MotionAdapter folder).",
+            inputs=[
+                io.Combo.Input("motion_module", options=rt.list_files("animatediff_models") + [
+                    DIFFUSERS_PREFIX + n for n in rt.list_subfolders("animatediff_models", _has_config)],
+                               tooltip="A motion module from models/animatediff_models, e.g. "
+                                       "mm_sd_v15_v2.ckpt."),
+            ],
+            outputs=[VideoAdapter.Output(display_name="video_adapter")],
+        )
+
+    @classmethod
+    def execute(cls, motion_module: str) -> io.NodeOutput:
+        if motion_module.startswith(DIFFUSERS_PREFIX):
+            path = rt.resolve_folder("animatediff_models", motion_module[len(DIFFUSERS_PREFIX):], "motion_module")
+        else:
+            path = rt.resolve_file("animatediff_models", motion_module, "motion_module")
+        ad = rt.CACHE.get("motion", path, lambda: load_motion_adapter(path).requires_grad_(False))
+        return io.NodeOutput(AdapterHandle(ad, motion_module, path))
+
+
+class LoadLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FDD_LoraLoader",
+            display_name="FDD Apply LoRA to Backbone",
+            category=CATEGORY,
+            description="Stacks a LoRA (kohya or peft/diffusers format) on the backbone's UNet and "
+                        "text encoder at a strength. Chain several to stack them; motion modules and "
+                        "the edit adapter are never touched.",
+            inputs=[
+                Backbone.Input("backbone"),
+                io.Combo.Input("lora_name", options=rt.list_files("loras"),
+                               tooltip="A LoRA from models/loras (e.g. an FDD-aligned LoRA)."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Multiplier of the LoRA update; 0 disables it."),
+            ],
+            outputs=[Backbone.Output(display_name="backbone")],
+        )
+
+    @classmethod
+    def execute(cls, backbone: BackboneHandle, lora_name: str, strength: float) -> io.NodeOutput:
+        path = rt.resolve_file("loras", lora_name, "lora_name")
+        lora = rt.CACHE.get("lora", path, lambda: read_lora(path))
+        return io.NodeOutput(backbone.with_lora(lora, strength, lora_name))
+
+
+class LoadT2VUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FDD_LoadT2VUNet",
+            display_name="FDD Load Text-to-Video UNet3D",
+            category=CATEGORY,
+            description="Loads a ModelScope / Zeroscope text-to-video UNet3D from a diffusers folder "
+                        "(used as the video prior of ASSD).",
+            inputs=[
+                io.Combo.Input("model_folder", options=rt.list_subfolders("diffusers", _is_t2v_folder),
+                               tooltip="A folder in models/diffusers holding a UNet3DConditionModel "
+                                       "(the pipeline folder with unet/, or the unet folder itself)."),
+            ],
+            outputs=[T2VUNet.Output(display_name="t2v_unet")],
+        )
+
+    @classmethod
+    def execute(cls, model_folder: str) -> io.NodeOutput:
+        path = rt.resolve_folder("diffusers", model_folder, "model_folder")
+        unet = rt.CACHE.get("t2v", path, lambda: load_t2v_unet(path).requires_grad_(False))
+        return io.NodeOutput(AdapterHandle(unet, model_folder, path))
+
+
+NODES = [LoadBackbone, LoadEditAdapter, LoadVideoAdapter, LoadLora, LoadT2VUNet]
