@@ -162,7 +162,9 @@ def on_compute_device(modules):
     if device.type != "cpu":
         mm.free_memory(int(_module_bytes(modules) * 1.3) + 512 * 1024 ** 2, device)
     for m in modules:
-        m.to(device=device, dtype=dtype)
+        current = next(m.parameters())
+        if current.device != device or current.dtype != dtype:
+            m.to(device=device, dtype=dtype)
     try:
         yield device, dtype
     finally:

@@ -148,7 +148,8 @@ class LoadLora(io.ComfyNode):
                         "text encoder at a strength. Chain several to stack them; motion modules and "
                         "the edit adapter are never touched.",
             inputs=[
-                Backbone.Input("backbone"),
+                Backbone.Input("backbone", tooltip="The backbone to stack the LoRA on (from the "
+                                                   "backbone loader or another LoRA node)."),
                 io.Combo.Input("lora_name", options=rt.list_files("loras"),
                                tooltip="A LoRA from models/loras (e.g. an FDD-aligned LoRA)."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,

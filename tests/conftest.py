@@ -26,3 +26,39 @@ def models_tree(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     return write_models_tree(root)
+
+
+COMFY_DIR = os.path.join(ROOT, ".comfyui", "ComfyUI")
+
+
+@pytest.fixture(scope="session")
+def comfy_pack(models_tree):
+    """ComfyUI imported in-process (CPU) with the tiny models registered, and this pack
+    imported the way ComfyUI imports a custom node folder (a package, relative imports)."""
+    if not os.path.isfile(os.path.join(COMFY_DIR, "main.py")):
+        pytest.fail(f"ComfyUI is not installed at {COMFY_DIR}: run scripts/setup.sh")
+    import importlib.util
+
+    if COMFY_DIR not in sys.path:
+        sys.path.insert(0, COMFY_DIR)
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True  # the tests run on CPU (a CUDA build of torch without a GPU)
+    import folder_paths  # noqa: F401  (ComfyUI's)
+
+    for kind, path in models_tree.items():
+        folder = os.path.dirname(path)
+        name = os.path.basename(folder)
+        if name in ("checkpoints", "controlnet", "loras", "diffusers"):
+            folder_paths.add_model_folder_path(name, folder)
+    spec = importlib.util.spec_from_file_location("fdd_pack", os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["fdd_pack"] = pack
+    spec.loader.exec_module(pack)
+    import asyncio
+
+    ext = asyncio.run(pack.comfy_entrypoint())
+    nodes = asyncio.run(ext.get_node_list())
+    folder_paths.add_model_folder_path("animatediff_models", os.path.dirname(models_tree["motion"]))
+    return {n.GET_SCHEMA().node_id: n for n in nodes}

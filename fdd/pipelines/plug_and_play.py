@@ -112,9 +112,10 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
     cfg.validate()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
+    if frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
+        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3] with at least "
+                         f"one frame, got shape {tuple(frames.shape)}")
     F_, H, W, _ = frames.shape
-    if F_ < 1:
-        raise ValueError("frames: the IMAGE batch is empty")
     levels = len(bb.unet.config.block_out_channels)
     h, w = fit_size(H, W, bb.vae_scale_factor * 2 ** (levels - 1))
     pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(device)

@@ -76,14 +76,8 @@ class VideoEditStack:
             return
         from ..models.lora import LoraPatcher
 
-        patcher = LoraPatcher(self.denoiser, self.backbone.text_encoder)
-        for lora, strength in self.loras:
-            patcher.add(lora, strength)
-        patcher.apply()
-        try:
+        with LoraPatcher(self.denoiser, self.loras, text_encoder=self.backbone.text_encoder):
             yield
-        finally:
-            patcher.restore()
 
     def predict_noise(self, x: torch.Tensor, t: int, text_emb: torch.Tensor,
                       control_emb: Optional[torch.Tensor] = None,

@@ -1,0 +1,162 @@
+"""Integration: a real ComfyUI server (CPU, loopback) with this pack and the tiny models;
+every shipped API workflow queued unchanged; progress events, /interrupt, comfy-cli."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import COMFY_DIR, ROOT
+
+pytestmark = pytest.mark.integration
+
+API_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json")))
+UI_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+
+
+@pytest.fixture(scope="module")
+def server(models_tree, tmp_path_factory):
+    from fdd.testing.comfy_server import ComfyServer, prepare_demo_inputs
+
+    models_root = os.path.dirname(os.path.dirname(models_tree["checkpoint"]))
+    srv = ComfyServer(str(tmp_path_factory.mktemp("comfy")), models_root, comfy_dir=COMFY_DIR)
+    srv.start()
+    prepare_demo_inputs(srv)
+    yield srv
+    srv.stop()
+
+
+def _load(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def test_pack_nodes_registered(server):
+    info = server.get("/object_info")
+    for node in ("FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
+                 "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit"):
+        assert node in info, f"{node} missing; log:\n{server.log_tail()}"
+    assert "IMPORT FAILED" not in server.log_tail(400)
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=os.path.basename)
+def test_api_workflow_runs_unchanged(server, path):
+    from PIL import Image
+    import numpy as np
+
+    prompt = _load(path)
+    pid = server.queue(prompt)
+    entry = server.wait(pid, timeout=900)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    files = server.output_files(entry)
+    pngs = sorted(f for f in files if f.endswith(".png"))
+    videos = [f for f in files if f.endswith((".mp4", ".webp"))]
+    assert videos, files
+    for f in files:
+        assert os.path.getsize(f) > 0, f
+    # frames: count and size match the input clip; the edit is not a constant image
+    assert len(pngs) == 16
+    arrs = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in pngs]
+    assert arrs[0].shape == (64, 64, 3)
+    stack = np.stack(arrs)
+    assert stack.std() > 2.0
+    # mp4 decodes to 16 frames of the same size
+    import av
+
+    mp4 = [f for f in videos if f.endswith(".mp4")][0]
+    with av.open(mp4) as c:
+        decoded = [fr.to_ndarray(format="rgb24") for fr in c.decode(video=0)]
+    assert len(decoded) == 16 and decoded[0].shape == (64, 64, 3)
+    # progress events reached the websocket for the sampler node, step by step
+    edit_nodes = [k for k, v in prompt.items() if v["class_type"] == "FDD_PlugAndPlayVideoEdit"]
+    steps = prompt[edit_nodes[0]]["inputs"]["steps"]
+    deadline = time.time() + 5
+    while time.time() < deadline and not server.events_of("progress", pid):
+        time.sleep(0.1)
+    prog = [e for e in server.events_of("progress", pid) if e.get("node") == edit_nodes[0]]
+    assert [e["value"] for e in prog][-1] == steps and all(e["max"] == steps for e in prog)
+    assert len(prog) >= steps // 2
+
+
+def test_interrupt_stops_a_long_run_and_server_keeps_serving(server):
+    prompt = _load(API_WORKFLOWS[0])
+    long = copy.deepcopy(prompt)
+    edit = [k for k, v in long.items() if v["class_type"] == "FDD_PlugAndPlayVideoEdit"][0]
+    long[edit]["inputs"]["steps"] = 500
+    long[edit]["inputs"]["seed"] = 123456
+    pid = server.queue(long)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [e for e in server.events_of("progress", pid) if e.get("node") == edit]:
+        time.sleep(0.2)
+    assert server.events_of("progress", pid), server.log_tail()
+    t0 = time.time()
+    server.interrupt()
+    entry = server.wait(pid, timeout=120)
+    assert time.time() - t0 < 60
+    msgs = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in msgs, msgs
+    prog = [e["value"] for e in server.events_of("progress", pid) if e.get("node") == edit]
+    assert max(prog) < 500
+    # the next prompt succeeds
+    again = copy.deepcopy(prompt)
+    again[edit]["inputs"]["steps"] = 2
+    entry = server.wait(server.queue(again), timeout=600)
+    assert entry["status"]["status_str"] == "success"
+
+
+def test_bad_input_is_refused_and_server_keeps_serving(server):
+    prompt = _load(API_WORKFLOWS[0])
+    bad = copy.deepcopy(prompt)
+    loader = [k for k, v in bad.items() if v["class_type"] == "FDD_LoadBackbone"][0]
+    bad[loader]["inputs"]["ckpt_name"] = "does-not-exist.safetensors"
+    status, body = server.post("/prompt", {"prompt": bad})
+    assert status == 400 and "does-not-exist" in json.dumps(body)
+    # an input the node itself rejects: overlap >= window -> execution_error naming the input
+    bad2 = copy.deepcopy(prompt)
+    edit = [k for k, v in bad2.items() if v["class_type"] == "FDD_PlugAndPlayVideoEdit"][0]
+    bad2[edit]["inputs"].update(context_frames=4, context_overlap=4, steps=1)
+    entry = server.wait(server.queue(bad2), timeout=300)
+    errs = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errs and "context_overlap" in errs[0]["exception_message"]
+    assert server.get("/system_stats")["system"]
+
+
+def test_ui_workflows_convert_to_the_api_files(server):
+    """Each UI-format workflow converts (comfy-cli's converter, live /object_info) to exactly
+    the inputs of its API twin."""
+    from comfy_cli.workflow_to_api import convert_ui_to_api
+
+    info = server.get("/object_info")
+    assert UI_WORKFLOWS
+    for ui_path in UI_WORKFLOWS:
+        api_path = os.path.join(ROOT, "workflows", "api", os.path.basename(ui_path))
+        assert os.path.exists(api_path), f"{ui_path} has no API twin"
+        got = convert_ui_to_api(_load(ui_path), info)
+        want = _load(api_path)
+        assert {k: v["class_type"] for k, v in got.items()} == {k: v["class_type"] for k, v in want.items()}
+        for k in want:
+            assert got[k]["inputs"] == want[k]["inputs"], (ui_path, k)
+
+
+def test_comfy_cli_runs_the_ui_workflow(server, tmp_path):
+    comfy = shutil.which("comfy", path=os.path.dirname(sys.executable)) or shutil.which("comfy")
+    assert comfy, "comfy-cli is not installed (scripts/setup.sh installs it)"
+    env = dict(os.environ, HOME=str(tmp_path), DO_NOT_TRACK="1")
+    before = set(server.get("/history?max_items=1000"))
+    r = subprocess.run([comfy, "--skip-prompt", "--workspace", COMFY_DIR, "run", "--workflow",
+                        UI_WORKFLOWS[0], "--wait", "--port", str(server.port), "--timeout", "900"],
+                       env=env, capture_output=True, text=True, timeout=960)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    hist = server.get("/history?max_items=1000")
+    new = [v for k, v in hist.items() if k not in before]
+    assert len(new) == 1, r.stdout[-2000:]
+    assert new[0]["status"]["status_str"] == "success"
+    assert {v["class_type"] for v in new[0]["prompt"][2].values()} >= {"FDD_PlugAndPlayVideoEdit"}

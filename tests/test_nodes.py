@@ -1,0 +1,111 @@
+"""The nodes called directly, with ComfyUI imported in-process (no server)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fdd.testing.clip import moving_shapes_clip
+
+EXPECTED = {"FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
+            "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit"}
+
+
+def _run(node, **kw):
+    out = node.execute(**kw)
+    return out.result if hasattr(out, "result") else out
+
+
+def test_node_list_and_schemas_document_every_input(comfy_pack):
+    assert EXPECTED <= set(comfy_pack)
+    for node_id, cls in comfy_pack.items():
+        schema = cls.GET_SCHEMA()
+        assert schema.display_name and schema.description, node_id
+        info = cls.GET_NODE_INFO_V1()
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                opts = spec[1] if len(spec) > 1 else {}
+                assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_loader_options_list_the_tiny_models(comfy_pack):
+    info = comfy_pack["FDD_LoadBackbone"].GET_NODE_INFO_V1()
+    options = info["input"]["required"]["ckpt_name"][0]
+    if isinstance(options, str):  # newer COMBO spec: options in the dict
+        options = info["input"]["required"]["ckpt_name"][1]["options"]
+    assert "v1-5-pruned-emaonly.safetensors" in options
+    assert "diffusers/tiny-sd15" in options
+    mm = comfy_pack["FDD_LoadVideoAdapter"].GET_NODE_INFO_V1()["input"]["required"]["motion_module"]
+    assert "mm_sd_v15_v2.ckpt" in str(mm)
+
+
+@pytest.fixture(scope="module")
+def loaded(comfy_pack):
+    bb = _run(comfy_pack["FDD_LoadBackbone"], ckpt_name="v1-5-pruned-emaonly.safetensors")[0]
+    cn = _run(comfy_pack["FDD_LoadEditAdapter"], controlnet_name="control_v11e_sd15_ip2p.safetensors")[0]
+    mm = _run(comfy_pack["FDD_LoadVideoAdapter"], motion_module="mm_sd_v15_v2.ckpt")[0]
+    return bb, cn, mm
+
+
+def test_loaders_cache_and_lora_stack(comfy_pack, loaded):
+    bb, cn, mm = loaded
+    again = _run(comfy_pack["FDD_LoadBackbone"], ckpt_name="v1-5-pruned-emaonly.safetensors")[0]
+    assert again.backbone is bb.backbone  # cached, not reloaded
+    with_lora = _run(comfy_pack["FDD_LoraLoader"], backbone=bb, lora_name="fdd_demo_lora.safetensors",
+                     strength=0.5)[0]
+    twice = _run(comfy_pack["FDD_LoraLoader"], backbone=with_lora, lora_name="fdd_demo_lora.safetensors",
+                 strength=0.25)[0]
+    assert bb.loras == () and len(with_lora.loras) == 1 and len(twice.loras) == 2
+    assert [s for _, s, _ in twice.loras] == [0.5, 0.25]
+    diff = _run(comfy_pack["FDD_LoadBackbone"], ckpt_name="diffusers/tiny-sd15")[0]
+    assert diff.backbone.tokenizer is not None
+    t2v = _run(comfy_pack["FDD_LoadT2VUNet"], model_folder="tiny-zeroscope")[0]
+    assert type(t2v.module).__name__ == "UNet3DConditionModel"
+
+
+def test_loader_bad_name_errors(comfy_pack):
+    with pytest.raises(ValueError, match="ckpt_name.*nope.safetensors"):
+        _run(comfy_pack["FDD_LoadBackbone"], ckpt_name="nope.safetensors")
+
+
+def test_plug_and_play_node(comfy_pack, loaded):
+    import comfy.utils
+
+    bb, cn, mm = loaded
+    frames = moving_shapes_clip(6, 40, 40)
+    calls = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, node_id=None: calls.append((v, t)))
+    try:
+        out = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], backbone=bb, edit_adapter=cn, frames=frames,
+                   instruction="make the ball green", output_caption="", video_adapter=mm, steps=3,
+                   seed=5, context_frames=4, context_overlap=2)[0]
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert out.shape == frames.shape
+    assert out.std() > 1e-3
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    # without the video adapter (edit adapter alone, per frame) the result differs
+    alone = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], backbone=bb, edit_adapter=cn, frames=frames,
+                 instruction="make the ball green", output_caption="", steps=3, seed=5,
+                 context_frames=4, context_overlap=2)[0]
+    assert alone.shape == frames.shape and not torch.equal(alone, out)
+
+
+def test_plug_and_play_node_errors_and_interrupt(comfy_pack, loaded):
+    import comfy.model_management as mm_
+
+    bb, cn, mm = loaded
+    frames = moving_shapes_clip(2, 32, 32)
+    with pytest.raises(ValueError, match="context_overlap"):
+        _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], backbone=bb, edit_adapter=cn, frames=frames,
+             instruction="a", output_caption="b", context_frames=4, context_overlap=4)
+    with pytest.raises(ValueError, match="frames"):
+        _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], backbone=bb, edit_adapter=cn,
+             frames=torch.zeros(2, 32, 32), instruction="a", output_caption="b")
+    mm_.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm_.InterruptProcessingException):
+            _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], backbone=bb, edit_adapter=cn, frames=frames,
+                 instruction="a", output_caption="b", steps=3)
+    finally:
+        mm_.interrupt_current_processing(False)
