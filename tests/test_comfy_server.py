@@ -44,7 +44,8 @@ def test_pack_nodes_registered(server):
     for node in ("FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
                  "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit"):
         assert node in info, f"{node} missing; log:\n{server.log_tail()}"
-    assert "IMPORT FAILED" not in server.log_tail(400)
+    failed = [ln for ln in server.log_tail(2000).splitlines() if "IMPORT FAILED" in ln]
+    assert not [ln for ln in failed if "fdd" in ln], failed
 
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=os.path.basename)
@@ -117,8 +118,15 @@ def test_bad_input_is_refused_and_server_keeps_serving(server):
     bad = copy.deepcopy(prompt)
     loader = [k for k, v in bad.items() if v["class_type"] == "FDD_LoadBackbone"][0]
     bad[loader]["inputs"]["ckpt_name"] = "does-not-exist.safetensors"
-    status, body = server.post("/prompt", {"prompt": bad})
-    assert status == 400 and "does-not-exist" in json.dumps(body)
+    status, body = server.post("/prompt", {"prompt": bad, "client_id": server.client_id})
+    if status == 200:
+        # ComfyUI 0.3.75 does not check V3 combo values at validation: the node's own error
+        entry = server.wait(body["prompt_id"], timeout=300)
+        errs = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        assert errs and "ckpt_name" in errs[0]["exception_message"]
+        assert "does-not-exist.safetensors" in errs[0]["exception_message"]
+    else:
+        assert status == 400 and "does-not-exist" in json.dumps(body)
     # an input the node itself rejects: overlap >= window -> execution_error naming the input
     bad2 = copy.deepcopy(prompt)
     edit = [k for k, v in bad2.items() if v["class_type"] == "FDD_PlugAndPlayVideoEdit"][0]

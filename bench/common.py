@@ -1,0 +1,246 @@
+"""Shared helpers for the benches: timing, peak-memory growth, machine info, result JSON.
+
+Every bench writes ``bench/results/<bench>.json`` (DESIGN.md §7)::
+
+    {"bench": NAME, "machine": {...},
+     "comparisons": [{"name": ..., "ours": x, "baseline": y, "unit": "s" | "bytes",
+                      "ratio": ours / baseline, "target": T | None, "meets": bool | None,
+                      "repeats": n, "spread": (max - min) / min of ours, ...extra keys}]}
+
+Times are the minimum over repeats (the least disturbed run on a shared machine); ``spread``
+says how noisy ``ours`` was. Memory is the growth of the process's peak resident set (CPU, one
+fresh subprocess per measurement) or of ``torch.cuda.max_memory_allocated`` (CUDA) across one
+call, models already loaded.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def setup_threads(default: int = 2) -> int:
+    """``torch.set_num_threads`` from ``$BENCH_THREADS`` (default 2); returns the count."""
+    n = int(os.environ.get("BENCH_THREADS", default))
+    torch.set_num_threads(n)
+    return n
+
+
+def models_root() -> str:
+    """Where the tiny models tree is written (outside the repo; ``$FDD_BENCH_MODELS`` overrides)."""
+    return os.environ.get("FDD_BENCH_MODELS", os.path.join(tempfile.gettempdir(), "fdd_bench_models"))
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+
+
+def time_callable(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (perf_counter, device
+    synchronised). Returns ``{"min", "median", "max", "spread", "times", "repeats"}`` in seconds."""
+    for _ in range(warmup):
+        fn()
+        sync(device)
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return summarize(times)
+
+
+def summarize(times: list[float]) -> dict:
+    lo, hi = min(times), max(times)
+    return {"min": lo, "median": statistics.median(times), "max": hi,
+            "spread": (hi - lo) / lo if lo > 0 else 0.0, "times": list(times), "repeats": len(times)}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     device="cpu") -> dict[str, dict]:
+    """Time several variants round-robin (A B C A B C ...) so slow phases of a noisy machine
+    hit all of them alike. Returns :func:`summarize` per name."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: summarize(v) for k, v in times.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# memory
+
+
+def maxrss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r) if sys.platform == "darwin" else int(r) * 1024
+
+
+def peak_growth_here(fn: Callable[[], object], device="cpu") -> int:
+    """Peak-memory growth of one call of ``fn`` in *this* process, in bytes.
+
+    CUDA: ``max_memory_allocated`` after the call minus the allocated bytes before it (peak
+    stats reset first). CPU: ``ru_maxrss`` after minus before; only meaningful in a fresh
+    process whose models are loaded but which has not run anything heavy yet (see
+    :func:`peak_growth_subprocess`)."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before)
+    before = maxrss_bytes()
+    fn()
+    return int(maxrss_bytes() - before)
+
+
+def peak_growth_subprocess(script: str, args: list[str], repeats: int = 3, timeout: float = 600) -> dict:
+    """Run ``python script *args`` ``repeats`` times, each a fresh process that loads its models,
+    measures one call with :func:`peak_growth_here` and prints ``MEM_GROWTH <bytes>`` (plus any
+    ``MEM_<KEY> <int>`` lines, returned as extras from the last run). Returns
+    ``{"min", "median", "max", "spread", "values", "repeats", "extra"}``."""
+    vals, extra = [], {}
+    for _ in range(repeats):
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory subprocess {script} {args} failed:\n{proc.stderr[-4000:]}")
+        got = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("MEM_GROWTH "):
+                got = int(line.split()[1])
+            elif line.startswith("MEM_"):
+                k, v = line.split()[:2]
+                extra[k[4:].lower()] = int(v)
+        if got is None:
+            raise RuntimeError(f"memory subprocess {script} {args} printed no MEM_GROWTH line:\n{proc.stdout[-2000:]}")
+        vals.append(got)
+    lo, hi = min(vals), max(vals)
+    return {"min": lo, "median": statistics.median(vals), "max": hi,
+            "spread": (hi - lo) / lo if lo > 0 else 0.0, "values": vals, "repeats": len(vals),
+            "extra": extra}
+
+
+# --------------------------------------------------------------------------------------------
+# machine and results
+
+
+def machine_info(device="cpu") -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dev = torch.device(device)
+    info = {"cpu": f"{cpu} ({os.cpu_count()} logical cores)", "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": dev.type}
+    if dev.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(dev)
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    info["python"] = platform.python_version()
+    return info
+
+
+def comparison(name: str, ours: float, baseline: float, unit: str, target: Optional[float],
+               repeats: int, spread: float, **extra) -> dict:
+    """One comparison entry; ``ratio`` = ours / baseline, ``meets`` = ratio <= target."""
+    if unit not in ("s", "bytes"):
+        raise ValueError(f"unit: expected 's' or 'bytes', got {unit!r}")
+    ratio = float(ours) / float(baseline) if baseline else float("inf")
+    entry = {"name": name, "ours": float(ours) if unit == "s" else int(ours),
+             "baseline": float(baseline) if unit == "s" else int(baseline), "unit": unit,
+             "ratio": round(ratio, 4), "target": target,
+             "meets": None if target is None else bool(ratio <= target),
+             "repeats": int(repeats), "spread": round(float(spread), 4)}
+    entry.update(extra)
+    return entry
+
+
+def write_results(bench: str, machine: dict, comparisons: list[dict], results_dir: str = RESULTS_DIR) -> str:
+    """Write ``<results_dir>/<bench>.json`` atomically (temp file + ``os.replace``)."""
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, f"{bench}.json")
+    doc = {"bench": bench, "machine": machine, "comparisons": comparisons}
+    fd, tmp = tempfile.mkstemp(prefix=f".{bench}.", suffix=".json.tmp", dir=results_dir)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class CallCounter:
+    """Counts calls of methods by wrapping them with an instance attribute (removed on exit).
+
+    ``CallCounter(unet=model, decode=(vae, "decode"))``: a module alone means its ``forward``."""
+
+    def __init__(self, **targets):
+        self.targets = {k: (v if isinstance(v, tuple) else (v, "forward")) for k, v in targets.items()}
+        self.counts = {k: 0 for k in targets}
+
+    def __enter__(self):
+        for name, (obj, attr) in self.targets.items():
+            orig = getattr(obj, attr)
+
+            def wrapped(*a, _orig=orig, _name=name, **kw):
+                self.counts[_name] += 1
+                return _orig(*a, **kw)
+
+            object.__setattr__(obj, attr, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for obj, attr in self.targets.values():
+            object.__delattr__(obj, attr)  # the class method shows through again
+        return False
