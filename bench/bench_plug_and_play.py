@@ -154,7 +154,7 @@ def make_diffusers(stack, frames, steps, caption=CAPTION):
                                          unet=stack.motion_unet, motion_adapter=stack.motion_adapter,
                                          controlnet=stack.controlnet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
-    cond = frames.permute(0, 3, 1, 2).contiguous()  # one video: (F, 3, H, W) in 0..1
+    cond = list(frames.permute(0, 3, 1, 2))  # one video: F tensors (3, H, W) in 0..1
 
     def run():
         with torch.inference_mode():

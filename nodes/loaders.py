@@ -37,11 +37,24 @@ def _has_config(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
 
 
+def _file_and_folder_options(folder: str, folder_marker) -> list[str]:
+    """A loader's choices: the files of a ComfyUI model folder, then its model sub-folders
+    listed as 'diffusers/NAME'."""
+    return rt.list_files(folder) + [DIFFUSERS_PREFIX + n for n in rt.list_subfolders(folder, folder_marker)]
+
+
+def _resolve_choice(folder: str, choice: str, input_name: str) -> str:
+    """Path of a choice made from :func:`_file_and_folder_options`."""
+    if choice.startswith(DIFFUSERS_PREFIX):
+        return rt.resolve_folder(folder, choice[len(DIFFUSERS_PREFIX):], input_name)
+    return rt.resolve_file(folder, choice, input_name)
+
+
 class LoadBackbone(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         options = rt.list_files("checkpoints") + [
-            DIFFUSERS_PREFIX + n for n in rt.list_subfolders("diffusers", _is_sd_pipeline)]
+            DIFFUSERS_PREFIX + n for n in rt.list_subfolders("diffusers", _is_sd_pipeline)]  # two folders
         return io.Schema(
             node_id="FDD_LoadBackbone",
             display_name="FDD Load SD1.x Backbone",
@@ -83,8 +96,7 @@ class LoadBackbone(io.ComfyNode):
 class LoadEditAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        options = rt.list_files("controlnet") + [
-            DIFFUSERS_PREFIX + n for n in rt.list_subfolders("controlnet", _has_config)]
+        options = _file_and_folder_options("controlnet", _has_config)
         return io.Schema(
             node_id="FDD_LoadEditAdapter",
             display_name="FDD Load Edit Adapter (ControlNet)",
@@ -101,10 +113,7 @@ class LoadEditAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, controlnet_name: str) -> io.NodeOutput:
-        if controlnet_name.startswith(DIFFUSERS_PREFIX):
-            path = rt.resolve_folder("controlnet", controlnet_name[len(DIFFUSERS_PREFIX):], "controlnet_name")
-        else:
-            path = rt.resolve_file("controlnet", controlnet_name, "controlnet_name")
+        path = _resolve_choice("controlnet", controlnet_name, "controlnet_name")
         cn = rt.CACHE.get("controlnet", path, lambda: load_controlnet(path).requires_grad_(False))
         return io.NodeOutput(AdapterHandle(cn, controlnet_name, path))
 
@@ -119,8 +128,7 @@ class LoadVideoAdapter(io.ComfyNode):
             description="Loads the video-generation adapter: AnimateDiff motion modules (v1, v2, v3 "
                         "original files, or a diffusers MotionAdapter folder).",
             inputs=[
-                io.Combo.Input("motion_module", options=rt.list_files("animatediff_models") + [
-                    DIFFUSERS_PREFIX + n for n in rt.list_subfolders("animatediff_models", _has_config)],
+                io.Combo.Input("motion_module", options=_file_and_folder_options("animatediff_models", _has_config),
                                tooltip="A motion module from models/animatediff_models, e.g. "
                                        "mm_sd_v15_v2.ckpt."),
             ],
@@ -129,10 +137,7 @@ class LoadVideoAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, motion_module: str) -> io.NodeOutput:
-        if motion_module.startswith(DIFFUSERS_PREFIX):
-            path = rt.resolve_folder("animatediff_models", motion_module[len(DIFFUSERS_PREFIX):], "motion_module")
-        else:
-            path = rt.resolve_file("animatediff_models", motion_module, "motion_module")
+        path = _resolve_choice("animatediff_models", motion_module, "motion_module")
         ad = rt.CACHE.get("motion", path, lambda: load_motion_adapter(path).requires_grad_(False))
         return io.NodeOutput(AdapterHandle(ad, motion_module, path))
 

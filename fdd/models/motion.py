@@ -46,7 +46,7 @@ from collections.abc import Mapping
 import torch
 
 from .errors import ModelLoadError
-from .state_dict import read_state_dict
+from .state_dict import key_mismatch_report, read_state_dict
 
 #: AnimateDiff convention, not stored in the weights
 MOTION_HEADS = 8
@@ -241,19 +241,10 @@ def load_motion_adapter(path: str | os.PathLike, dtype: torch.dtype = torch.floa
     for k, v in expected.items():
         if k.endswith("pos_embed.pe") and k not in conv:
             conv[k] = v
-    missing = sorted(set(expected) - set(conv))
-    unexpected = sorted(set(conv) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(conv) if tuple(expected[k].shape) != tuple(conv[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"{len(wrong)} keys with the wrong shape (e.g. {wrong[:3]})")
+    problem = key_mismatch_report(expected, conv)
+    if problem:
         raise ModelLoadError(path, "the motion-module weights do not form a complete MotionAdapter: "
-                             + "; ".join(parts) + ".", _EXPECTED)
+                             + problem + ".", _EXPECTED)
     ad.load_state_dict(conv, strict=True)
     if dtype != torch.float32:
         ad = ad.to(dtype=dtype)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .errors import ModelLoadError
-from .state_dict import read_state_dict, strip_prefix
+from .state_dict import key_mismatch_report, read_state_dict, strip_prefix
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -313,21 +313,10 @@ def strict_load(factory: Callable[[], torch.nn.Module], sd: Mapping[str, torch.T
     sd = _clean(sd)
     with torch.device("meta") if meta else _nullctx():
         model = factory()
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                 if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
-        if bad_shape:
-            parts.append(f"{len(bad_shape)} with the wrong shape (e.g. {'; '.join(bad_shape[:3])})")
+    problem = key_mismatch_report(model.state_dict(), sd)
+    if problem:
         raise ModelLoadError(path, f"the {what} weights do not fit the architecture inferred from them: "
-                             + "; ".join(parts) + ".", expected)
+                             + problem + ".", expected)
     if meta:
         model.load_state_dict(sd, strict=True, assign=True)
         if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):

@@ -143,3 +143,20 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def key_mismatch_report(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> str | None:
+    """Describe how ``got`` differs from the state dict ``expected`` of the module it should load
+    into (missing keys, unexpected keys, wrong shapes), or None if it fits exactly."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    bad_shape = [f"{k} {tuple(got[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+                 if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+    if bad_shape:
+        parts.append(f"{len(bad_shape)} with the wrong shape (e.g. {'; '.join(bad_shape[:3])})")
+    return "; ".join(parts) if parts else None
