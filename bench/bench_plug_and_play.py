@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -171,10 +172,18 @@ def make_diffusers(stack, frames, steps, caption=CAPTION):
 
 
 def count_calls(stack, fn):
+    """Forward-call counts of one run, its output, and the run's seconds outside the models
+    (total minus time in the UNet, ControlNet, vae.decode/encode and text encoder). Called
+    twice per variant: the first call is also the warm-up, the overhead is the second's."""
+    bb = stack.backbone
     with common.CallCounter(unet=stack.motion_unet, controlnet=stack.controlnet,
-                            vae_decode=(stack.backbone.vae, "decode")) as c:
+                            vae_decode=(bb.vae, "decode"), vae_encode=(bb.vae, "encode"),
+                            text_encoder=bb.text_encoder) as c:
+        t0 = time.perf_counter()
         out = fn()
-    return dict(c.counts), out
+        total = time.perf_counter() - t0
+    counts = {k: v for k, v in c.counts.items() if k != "vae_encode" or v}
+    return counts, out, total - sum(c.seconds.values())
 
 
 def max_diff(a, b) -> float:
@@ -196,8 +205,10 @@ def mem_child(variant: str, steps: int, device: str) -> None:
         raise SystemExit(f"unknown variant {variant}")
     import gc
     gc.collect()
-    print("MEM_BASELINE_RSS", common.maxrss_bytes(), flush=True)
-    print("MEM_GROWTH", common.peak_growth_here(fn, device), flush=True)
+    print("MEM_LOADED_MAXRSS", common.maxrss_bytes(), flush=True)
+    growth, method = common.peak_growth_here(fn, device)
+    print("MEM_METHOD", method, flush=True)
+    print("MEM_GROWTH", growth, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,8 +217,9 @@ def mem_child(variant: str, steps: int, device: str) -> None:
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="extra untimed runs per variant (each already ran twice for the call counts)")
     ap.add_argument("--mem-repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mem-child", default=None, help=argparse.SUPPRESS)
@@ -227,8 +239,10 @@ def main(argv=None) -> str:
     for image_cfg, n_branches in ((1.0, 2), (1.5, 3)):
         ours = make_ours(stack, frames, steps, image_cfg)
         bare = make_bare(stack, frames, steps, image_cfg)
-        c_ours, o_ours = count_calls(stack, ours)
-        c_bare, o_bare = count_calls(stack, bare)
+        count_calls(stack, ours)
+        c_ours, o_ours, oh_ours = count_calls(stack, ours)
+        count_calls(stack, bare)
+        c_bare, o_bare, oh_bare = count_calls(stack, bare)
         assert c_ours["unet"] == c_bare["unet"] and c_ours["controlnet"] == c_bare["controlnet"], (c_ours, c_bare)
         diff = max_diff(o_ours, o_bare)
         assert diff < 1e-3, f"bare loop and ours disagree (max |diff| {diff})"
@@ -241,13 +255,16 @@ def main(argv=None) -> str:
             t["ours"]["min"], t["bare"]["min"], "s", 1.05, t["ours"]["repeats"], t["ours"]["spread"],
             ours_median=t["ours"]["median"], baseline_median=t["bare"]["median"],
             baseline_spread=round(t["bare"]["spread"], 4), calls_ours=c_ours, calls_baseline=c_bare,
+            outside_models_s_ours=round(oh_ours, 4), outside_models_s_baseline=round(oh_bare, 4),
             max_abs_output_diff=diff, **meta))
 
     # b. ours vs diffusers AnimateDiffControlNetPipeline (equal work: 2 branches, ControlNet on both)
     ours = make_ours(stack, frames, steps, 1.0, instruction=CAPTION)
     dif = make_diffusers(stack, frames, steps)
-    c_ours, o_ours = count_calls(stack, ours)
-    c_dif, o_dif = count_calls(stack, dif)
+    count_calls(stack, ours)
+    c_ours, o_ours, oh_ours = count_calls(stack, ours)
+    count_calls(stack, dif)
+    c_dif, o_dif, oh_dif = count_calls(stack, dif)
     assert c_ours["unet"] == c_dif["unet"] and c_ours["controlnet"] == c_dif["controlnet"], (c_ours, c_dif)
     diff = max_diff(o_ours, o_dif)
     print(f"[vs diffusers] calls ours {c_ours} diffusers {c_dif}; max |output diff| {diff:.2e}", flush=True)
@@ -260,6 +277,7 @@ def main(argv=None) -> str:
         t["ours"]["min"], t["diffusers"]["min"], "s", 1.0, t["ours"]["repeats"], t["ours"]["spread"],
         ours_median=t["ours"]["median"], baseline_median=t["diffusers"]["median"],
         baseline_spread=round(t["diffusers"]["spread"], 4), calls_ours=c_ours, calls_baseline=c_dif,
+        outside_models_s_ours=round(oh_ours, 4), outside_models_s_baseline=round(oh_dif, 4),
         max_abs_output_diff=diff, guidance_scale=7.5, image_cfg=1.0, **meta))
 
     if args.mem_repeats > 0:
@@ -272,8 +290,7 @@ def main(argv=None) -> str:
             "plug_and_play_edit_vs_diffusers_AnimateDiffControlNetPipeline_peak_memory_growth_target_1.0",
             m_ours["min"], m_dif["min"], "bytes", 1.0, m_ours["repeats"], m_ours["spread"],
             ours_values=m_ours["values"], baseline_values=m_dif["values"],
-            measure=("ru_maxrss growth over one call in a fresh process, models loaded"
-                     if args.device == "cpu" else "torch.cuda.max_memory_allocated growth over one call"),
+            measure=f"peak growth over one call in a fresh process, models loaded: {m_ours['extra'].get('method')}",
             **meta))
 
     machine = common.machine_info(args.device)

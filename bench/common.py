@@ -111,13 +111,37 @@ def maxrss_bytes() -> int:
     return int(r) if sys.platform == "darwin" else int(r) * 1024
 
 
-def peak_growth_here(fn: Callable[[], object], device="cpu") -> int:
-    """Peak-memory growth of one call of ``fn`` in *this* process, in bytes.
+def _proc_status_kib(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS: Linux >= 4.0,
+    ``echo 5 > /proc/self/clear_refs``. False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _proc_status_kib("VmHWM") is not None
+
+
+def peak_growth_here(fn: Callable[[], object], device="cpu") -> tuple[int, str]:
+    """Peak-memory growth of one call of ``fn`` in *this* process, in bytes, and the method.
 
     CUDA: ``max_memory_allocated`` after the call minus the allocated bytes before it (peak
-    stats reset first). CPU: ``ru_maxrss`` after minus before; only meaningful in a fresh
-    process whose models are loaded but which has not run anything heavy yet (see
-    :func:`peak_growth_subprocess`)."""
+    stats reset first). CPU: peak RSS during the call minus RSS before it. Model loading
+    peaks above what a small run needs (state dicts, conversions), so on Linux the peak mark
+    is reset first (``/proc/self/clear_refs``, then ``VmHWM``); elsewhere ``ru_maxrss`` after
+    minus before, which reads 0 when loading peaked higher. Run it in a fresh process whose
+    models are loaded but which has not run anything heavy yet (:func:`peak_growth_subprocess`)."""
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -125,10 +149,14 @@ def peak_growth_here(fn: Callable[[], object], device="cpu") -> int:
         before = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - before)
+        return int(torch.cuda.max_memory_allocated() - before), "cuda.max_memory_allocated"
+    if reset_peak_rss():
+        before = _proc_status_kib("VmRSS")
+        fn()
+        return int(_proc_status_kib("VmHWM") - before), "VmHWM (reset via clear_refs) - VmRSS"
     before = maxrss_bytes()
     fn()
-    return int(maxrss_bytes() - before)
+    return int(maxrss_bytes() - before), "ru_maxrss after - before"
 
 
 def peak_growth_subprocess(script: str, args: list[str], repeats: int = 3, timeout: float = 600) -> dict:
@@ -146,6 +174,8 @@ def peak_growth_subprocess(script: str, args: list[str], repeats: int = 3, timeo
         for line in proc.stdout.splitlines():
             if line.startswith("MEM_GROWTH "):
                 got = int(line.split()[1])
+            elif line.startswith("MEM_METHOD "):
+                extra["method"] = line.split(None, 1)[1].strip()
             elif line.startswith("MEM_"):
                 k, v = line.split()[:2]
                 extra[k[4:].lower()] = int(v)
@@ -221,13 +251,16 @@ def write_results(bench: str, machine: dict, comparisons: list[dict], results_di
 
 
 class CallCounter:
-    """Counts calls of methods by wrapping them with an instance attribute (removed on exit).
+    """Counts calls of methods (and the seconds spent in them) by wrapping them with an instance
+    attribute, removed on exit.
 
-    ``CallCounter(unet=model, decode=(vae, "decode"))``: a module alone means its ``forward``."""
+    ``CallCounter(unet=model, decode=(vae, "decode"))``: a module alone means its ``forward``.
+    Nested calls are not expected (the targets should not call each other)."""
 
     def __init__(self, **targets):
         self.targets = {k: (v if isinstance(v, tuple) else (v, "forward")) for k, v in targets.items()}
         self.counts = {k: 0 for k in targets}
+        self.seconds = {k: 0.0 for k in targets}
 
     def __enter__(self):
         for name, (obj, attr) in self.targets.items():
@@ -235,7 +268,11 @@ class CallCounter:
 
             def wrapped(*a, _orig=orig, _name=name, **kw):
                 self.counts[_name] += 1
-                return _orig(*a, **kw)
+                t0 = time.perf_counter()
+                try:
+                    return _orig(*a, **kw)
+                finally:
+                    self.seconds[_name] += time.perf_counter() - t0
 
             object.__setattr__(obj, attr, wrapped)
         return self
