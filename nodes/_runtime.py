@@ -23,12 +23,15 @@ log = logging.getLogger("fdd")
 #: model folders this pack reads besides ComfyUI's own (name -> extensions)
 PACK_FOLDERS = {
     "animatediff_models": folder_paths.supported_pt_extensions,
+    # EI² one-shot tuned weights (only the tuned tensors, safetensors)
+    "fdd_ei2": {".safetensors"},
 }
 
 
 def register_model_folders() -> None:
-    """Register the AnimateDiff convention folder ``models/animatediff_models`` (and any path
-    given for it in extra_model_paths.yaml) so the video-adapter loader lists its files."""
+    """Register the pack's model folders under ComfyUI's models dir (``animatediff_models``, the
+    AnimateDiff convention, and ``fdd_ei2``), keeping any paths extra_model_paths.yaml gave them,
+    so the loader nodes list their files."""
     for name, exts in PACK_FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:
