@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 
 API_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json")))
 UI_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+PNP_API = os.path.join(ROOT, "workflows", "api", "fdd_plug_and_play_video_edit.json")
+PNP_UI = os.path.join(ROOT, "workflows", "fdd_plug_and_play_video_edit.json")
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +44,14 @@ def _load(path):
 def test_pack_nodes_registered(server):
     info = server.get("/object_info")
     for node in ("FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
-                 "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit"):
+                 "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize"):
         assert node in info, f"{node} missing; log:\n{server.log_tail()}"
     failed = [ln for ln in server.log_tail(2000).splitlines() if "IMPORT FAILED" in ln]
     assert not [ln for ln in failed if "fdd" in ln], failed
 
 
 #: node types whose progress bar a workflow test checks (steps input name)
-LONG_NODES = {"FDD_PlugAndPlayVideoEdit": "steps"}
+LONG_NODES = {"FDD_PlugAndPlayVideoEdit": "steps", "FDD_ASSDOptimize": "steps"}
 
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=os.path.basename)
@@ -109,7 +111,7 @@ def test_plug_and_play_workflow_output_matches_input_clip(server):
 
 
 def test_interrupt_stops_a_long_run_and_server_keeps_serving(server):
-    prompt = _load(API_WORKFLOWS[0])
+    prompt = _load(PNP_API)
     long = copy.deepcopy(prompt)
     edit = [k for k, v in long.items() if v["class_type"] == "FDD_PlugAndPlayVideoEdit"][0]
     long[edit]["inputs"]["steps"] = 500
@@ -135,7 +137,7 @@ def test_interrupt_stops_a_long_run_and_server_keeps_serving(server):
 
 
 def test_bad_input_is_refused_and_server_keeps_serving(server):
-    prompt = _load(API_WORKFLOWS[0])
+    prompt = _load(PNP_API)
     bad = copy.deepcopy(prompt)
     loader = [k for k, v in bad.items() if v["class_type"] == "FDD_LoadBackbone"][0]
     bad[loader]["inputs"]["ckpt_name"] = "does-not-exist.safetensors"
@@ -181,7 +183,7 @@ def test_comfy_cli_runs_the_ui_workflow(server, tmp_path):
     env = dict(os.environ, HOME=str(tmp_path), DO_NOT_TRACK="1")
     before = set(server.get("/history?max_items=1000"))
     r = subprocess.run([comfy, "--skip-prompt", "--workspace", COMFY_DIR, "run", "--workflow",
-                        UI_WORKFLOWS[0], "--wait", "--port", str(server.port), "--timeout", "900"],
+                        PNP_UI, "--wait", "--port", str(server.port), "--timeout", "900"],
                        env=env, capture_output=True, text=True, timeout=960)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     hist = server.get("/history?max_items=1000")

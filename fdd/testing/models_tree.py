@@ -10,7 +10,8 @@ Layout (folders are ComfyUI's model folder names):
     animatediff_models/mm_sd_v15_v2.ckpt            AnimateDiff v2 original format (weights-only pickle)
     loras/fdd_demo_lora.safetensors                 kohya LoRA (lora_unet_*, alpha)
     diffusers/tiny-sd15/                            diffusers SD pipeline folder
-    diffusers/tiny-zeroscope/unet/                  text-to-video UNet3D (diffusers)
+    diffusers/tiny-zeroscope/                       text-to-video pipeline folder (unet/ = UNet3D,
+                                                    vae/, text_encoder/, tokenizer/, scheduler/)
     tokenizers/sd1_tokenizer/                       CLIP tokenizer folder (for use outside ComfyUI)
 """
 
@@ -34,7 +35,7 @@ FILES = {
     "tokenizer": ("tokenizers", "sd1_tokenizer"),
 }
 
-_STAMP = ".fdd-tiny-models-v1"
+_STAMP = ".fdd-tiny-models-v2"
 
 
 def model_paths(root: str | os.PathLike) -> dict[str, str]:
@@ -92,8 +93,21 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
     t2v_dir = paths["t2v"]
     shutil.rmtree(t2v_dir, ignore_errors=True)
     tiny.tiny_unet3d(seed).save_pretrained(os.path.join(t2v_dir, "unet"))
+    # the ModelScope / Zeroscope layout; the same VAE as the SD checkpoint, so the T2V prior and
+    # the image model share one latent space (ASSD joint guidance requires it)
+    vae.save_pretrained(os.path.join(t2v_dir, "vae"))
+    te.save_pretrained(os.path.join(t2v_dir, "text_encoder"))
+    shutil.copytree(tok_dir, os.path.join(t2v_dir, "tokenizer"))
+    os.makedirs(os.path.join(t2v_dir, "scheduler"))
+    with open(os.path.join(t2v_dir, "scheduler", "scheduler_config.json"), "w") as fh:
+        json.dump({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+                   "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
+                   "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}, fh, indent=1)
     with open(os.path.join(t2v_dir, "model_index.json"), "w") as fh:
-        json.dump({"_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"]}, fh)
+        json.dump({"_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"],
+                   "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                   "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"]},
+                  fh, indent=1)
     with open(stamp, "w") as fh:
         fh.write("ok\n")
     return paths
