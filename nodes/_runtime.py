@@ -25,6 +25,8 @@ PACK_FOLDERS = {
     "animatediff_models": folder_paths.supported_pt_extensions,
     # EI² one-shot tuned weights (only the tuned tensors, safetensors)
     "fdd_ei2": {".safetensors"},
+    # evaluation models: clip/<folder>, pickscore/<folder>, viclip/<folder> (nodes/metrics.py)
+    "fdd_metrics": folder_paths.supported_pt_extensions | {".json", ".txt", ".gz"},
 }
 
 

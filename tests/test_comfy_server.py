@@ -44,7 +44,7 @@ def _load(path):
 def test_pack_nodes_registered(server):
     info = server.get("/object_info")
     for node in ("FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
-                 "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize"):
+                 "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize", "FDD_VideoEditMetrics"):
         assert node in info, f"{node} missing; log:\n{server.log_tail()}"
     failed = [ln for ln in server.log_tail(2000).splitlines() if "IMPORT FAILED" in ln]
     assert not [ln for ln in failed if "fdd" in ln], failed

@@ -8,7 +8,8 @@ import torch
 from fdd.testing.clip import moving_shapes_clip
 
 EXPECTED = {"FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
-            "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize"}
+            "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize",
+            "FDD_VideoEditMetrics"}
 
 
 def _run(node, **kw):

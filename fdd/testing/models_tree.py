@@ -13,6 +13,9 @@ Layout (folders are ComfyUI's model folder names):
     diffusers/tiny-zeroscope/                       text-to-video pipeline folder (unet/ = UNet3D,
                                                     vae/, text_encoder/, tokenizer/, scheduler/)
     tokenizers/sd1_tokenizer/                       CLIP tokenizer folder (for use outside ComfyUI)
+    fdd_metrics/clip/clip-vit-large-patch14/        transformers CLIP folder (metrics)
+    fdd_metrics/pickscore/PickScore_v1/             PickScore (CLIP folder format)
+    fdd_metrics/viclip/ViCLIP-InternVid-10M-FLT/    ViClip-InternVid-10M-FLT.pth + BPE tokenizer files
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ FILES = {
     "sd_diffusers": ("diffusers", "tiny-sd15"),
     "t2v": ("diffusers", "tiny-zeroscope"),
     "tokenizer": ("tokenizers", "sd1_tokenizer"),
+    "metric_clip": ("fdd_metrics", "clip/clip-vit-large-patch14"),
+    "metric_pickscore": ("fdd_metrics", "pickscore/PickScore_v1"),
+    "metric_viclip": ("fdd_metrics", "viclip/ViCLIP-InternVid-10M-FLT"),
 }
 
-_STAMP = ".fdd-tiny-models-v2"
+_STAMP = ".fdd-tiny-models-v3"
 
 
 def model_paths(root: str | os.PathLike) -> dict[str, str]:
@@ -108,6 +114,9 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
                    "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
                    "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"]},
                   fh, indent=1)
+    from .metric_models import write_metric_models
+
+    write_metric_models(os.path.join(root, "fdd_metrics"), seed)
     with open(stamp, "w") as fh:
         fh.write("ok\n")
     return paths
@@ -118,7 +127,7 @@ def write_extra_model_paths(yaml_path: str | os.PathLike, models_root: str | os.
     """An ``extra_model_paths.yaml`` that adds the tiny models tree (and optionally a folder of
     custom node packs) to a ComfyUI started with ``--extra-model-paths-config``."""
     lines = ["fdd_tiny_models:", f"  base_path: {os.path.abspath(models_root)}"]
-    for folder in ("checkpoints", "controlnet", "loras", "diffusers", "animatediff_models"):
+    for folder in ("checkpoints", "controlnet", "loras", "diffusers", "animatediff_models", "fdd_metrics"):
         lines.append(f"  {folder}: {folder}")
     if custom_nodes_dir is not None:
         lines.append(f"  custom_nodes: {os.path.abspath(custom_nodes_dir)}")
