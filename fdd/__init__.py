@@ -6,6 +6,7 @@ A plain PyTorch + diffusers library; it never imports ComfyUI. The ComfyUI nodes
 - ``fdd.models``: loaders for real weight files (SD 1.x, ControlNet, AnimateDiff, LoRA, UNet3D)
 - ``fdd.sampling``: DDIM sampling / inversion, guidance, frame windows
 - ``fdd.pipelines``: the video-edit stacks built from loaded models
+- ``fdd.ei2``: EI² (STAM/FFAM inflation, one-shot tuning, editing by DDIM inversion)
 - ``fdd.assd``: ASSD zero-shot editing (video DDS, smoothing, mask, joint guidance, fusion)
 - ``fdd.toy``: the toy world (generator, captions, edits, pixel evaluator)
 - ``fdd.testing``: tiny random models written in the real on-disk formats

@@ -138,6 +138,9 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
                   metadata=dict(metadata) if metadata else None)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files regardless of the umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -127,7 +127,8 @@ def write_extra_model_paths(yaml_path: str | os.PathLike, models_root: str | os.
     """An ``extra_model_paths.yaml`` that adds the tiny models tree (and optionally a folder of
     custom node packs) to a ComfyUI started with ``--extra-model-paths-config``."""
     lines = ["fdd_tiny_models:", f"  base_path: {os.path.abspath(models_root)}"]
-    for folder in ("checkpoints", "controlnet", "loras", "diffusers", "animatediff_models", "fdd_metrics"):
+    for folder in ("checkpoints", "controlnet", "loras", "diffusers", "animatediff_models", "fdd_metrics",
+                   "fdd_ei2"):
         lines.append(f"  {folder}: {folder}")
     if custom_nodes_dir is not None:
         lines.append(f"  custom_nodes: {os.path.abspath(custom_nodes_dir)}")
