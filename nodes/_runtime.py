@@ -27,6 +27,9 @@ PACK_FOLDERS = {
     "fdd_ei2": {".safetensors"},
     # evaluation models: clip/<folder>, pickscore/<folder>, viclip/<folder> (nodes/metrics.py)
     "fdd_metrics": folder_paths.supported_pt_extensions | {".json", ".txt", ".gz"},
+    # DINOv2 folders (FDD discriminator features) and FDD datasets (clips + manifest)
+    "dinov2": {".json", ".safetensors"},
+    "fdd_datasets": {".jsonl", ".csv"},
 }
 
 

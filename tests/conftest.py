@@ -49,7 +49,7 @@ def comfy_pack(models_tree):
     for kind, path in models_tree.items():
         folder = os.path.dirname(path)
         name = os.path.basename(folder)
-        if name in ("checkpoints", "controlnet", "loras", "diffusers"):
+        if name in ("checkpoints", "controlnet", "loras", "diffusers", "dinov2", "fdd_datasets"):
             folder_paths.add_model_folder_path(name, folder)
     spec = importlib.util.spec_from_file_location("fdd_pack", os.path.join(ROOT, "__init__.py"),
                                                   submodule_search_locations=[ROOT])

@@ -45,14 +45,16 @@ def test_pack_nodes_registered(server):
     info = server.get("/object_info")
     for node in ("FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
                  "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize", "FDD_VideoEditMetrics",
-                 "FDD_EI2Inflate", "FDD_EI2Tune", "FDD_EI2SaveTuned", "FDD_EI2LoadTuned", "FDD_EI2Edit"):
+                 "FDD_EI2Inflate", "FDD_EI2Tune", "FDD_EI2SaveTuned", "FDD_EI2LoadTuned", "FDD_EI2Edit",
+                 "FDD_LoadDINOv2", "FDD_Dataset", "FDD_Align", "FDD_EVEVideoEdit"):
         assert node in info, f"{node} missing; log:\n{server.log_tail()}"
     failed = [ln for ln in server.log_tail(2000).splitlines() if "IMPORT FAILED" in ln]
     assert not [ln for ln in failed if "fdd" in ln], failed
 
 
 #: node types whose progress bar a workflow test checks (steps input name)
-LONG_NODES = {"FDD_PlugAndPlayVideoEdit": "steps", "FDD_ASSDOptimize": "steps", "FDD_EI2Tune": "steps"}
+LONG_NODES = {"FDD_PlugAndPlayVideoEdit": "steps", "FDD_ASSDOptimize": "steps", "FDD_EI2Tune": "steps",
+              "FDD_Align": "iterations", "FDD_EVEVideoEdit": "steps"}
 
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=os.path.basename)

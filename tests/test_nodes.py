@@ -10,7 +10,7 @@ from fdd.testing.clip import moving_shapes_clip
 EXPECTED = {"FDD_LoadBackbone", "FDD_LoadEditAdapter", "FDD_LoadVideoAdapter", "FDD_LoraLoader",
             "FDD_LoadT2VUNet", "FDD_PlugAndPlayVideoEdit", "FDD_ASSDOptimize",
             "FDD_VideoEditMetrics", "FDD_EI2Inflate", "FDD_EI2Tune", "FDD_EI2SaveTuned", "FDD_EI2LoadTuned",
-            "FDD_EI2Edit"}
+            "FDD_EI2Edit", "FDD_LoadDINOv2", "FDD_Dataset", "FDD_Align", "FDD_EVEVideoEdit"}
 
 
 def _run(node, **kw):

@@ -16,6 +16,9 @@ Layout (folders are ComfyUI's model folder names):
     fdd_metrics/clip/clip-vit-large-patch14/        transformers CLIP folder (metrics)
     fdd_metrics/pickscore/PickScore_v1/             PickScore (CLIP folder format)
     fdd_metrics/viclip/ViCLIP-InternVid-10M-FLT/    ViClip-InternVid-10M-FLT.pth + BPE tokenizer files
+    dinov2/tiny-dinov2/                             DINOv2 (transformers folder; FDD discriminators)
+    fdd_datasets/tiny-edit/                         FDD unsupervised dataset (clips + manifest)
+    loras/fdd_eve_aligned_tiny.safetensors          a LoRA aligned by 2 FDD iterations (kohya)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import shutil
 import torch
 
 from . import tiny
+from .fdd_fixtures import FDD_FILES
 
 FILES = {
     "checkpoint": ("checkpoints", "v1-5-pruned-emaonly.safetensors"),
@@ -39,6 +43,8 @@ FILES = {
     "metric_clip": ("fdd_metrics", "clip/clip-vit-large-patch14"),
     "metric_pickscore": ("fdd_metrics", "pickscore/PickScore_v1"),
     "metric_viclip": ("fdd_metrics", "viclip/ViCLIP-InternVid-10M-FLT"),
+    # written by fdd.testing.fdd_fixtures.write_fdd_tree
+    **FDD_FILES,
 }
 
 _STAMP = ".fdd-tiny-models-v3"
@@ -73,6 +79,9 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
     paths = model_paths(root)
     stamp = os.path.join(root, _STAMP)
     if not force and os.path.isfile(stamp) and all(os.path.exists(p) for p in paths.values()):
+        from .fdd_fixtures import write_fdd_tree
+
+        write_fdd_tree(root)  # idempotent, own stamp
         return paths
     for key, path in paths.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -117,6 +126,9 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
     from .metric_models import write_metric_models
 
     write_metric_models(os.path.join(root, "fdd_metrics"), seed)
+    from .fdd_fixtures import write_fdd_tree
+
+    write_fdd_tree(root, force=force)  # needs the checkpoint, ControlNet, motion module, tokenizer
     with open(stamp, "w") as fh:
         fh.write("ok\n")
     return paths
@@ -128,7 +140,7 @@ def write_extra_model_paths(yaml_path: str | os.PathLike, models_root: str | os.
     custom node packs) to a ComfyUI started with ``--extra-model-paths-config``."""
     lines = ["fdd_tiny_models:", f"  base_path: {os.path.abspath(models_root)}"]
     for folder in ("checkpoints", "controlnet", "loras", "diffusers", "animatediff_models", "fdd_metrics",
-                   "fdd_ei2"):
+                   "fdd_ei2", "dinov2", "fdd_datasets"):
         lines.append(f"  {folder}: {folder}")
     if custom_nodes_dir is not None:
         lines.append(f"  custom_nodes: {os.path.abspath(custom_nodes_dir)}")

@@ -1,0 +1,134 @@
+"""EVE video editing (EVE §3.1.4, §4.0.4): the plug-and-play stack with the FDD-aligned LoRA
+θ_align on the backbone, sampled with DDIM over overlapping windows, plus first-frame handling.
+
+The aligned LoRA is applied through :class:`~fdd.pipelines.VideoEditStack` ``loras`` (exactly
+what ``FDD Apply LoRA to Backbone`` does), and the noise prediction is the plug-and-play
+sampler's (:func:`~fdd.pipelines.plug_and_play.make_edit_eps_fn`): the ControlNet gets each
+input frame and the instruction, the backbone the output caption, the motion modules couple the
+frames, InstructPix2Pix guidance, windows of ``context_frames`` blended at every step.
+
+First frame. The paper conditions its video adapter (Emu Video, image-to-video) on a first
+frame edited by the edit adapter. AnimateDiff motion modules take no image condition, so EVE
+here does the closest thing the stack supports (``first_frame="edit"``):
+
+1. the first input frame is edited alone by the edit teacher (backbone + ControlNet, no LoRA,
+   no motion modules: the plain 2-D path) with its own guidance, and VAE-encoded to z_1;
+2. during video sampling frame 1 is pinned to that edit: at every DDIM step its noise
+   prediction is replaced by the noise implied by x_t and z_1,
+   ε_1 = (x_t,1 − sqrt(ᾱ_t) z_1) / sqrt(1 − ᾱ_t), so its x̂_0 is z_1 exactly and its latent
+   follows the DDIM trajectory towards z_1 while the motion modules propagate it to the
+   other frames (the anchor reaches later windows through their overlaps).
+
+``first_frame="none"`` samples all frames jointly (the stack as trained by FDD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..pipelines.common import (
+    encode_prompts,
+    fit_size,
+    frames_to_pixels,
+    pixels_to_frames,
+    resize_pixels,
+    vae_decode,
+    vae_encode,
+)
+from ..pipelines.plug_and_play import PlugAndPlayConfig, make_edit_eps_fn, plug_and_play_edit
+from ..pipelines.stack import VideoEditStack
+from ..sampling import DDIMSchedule, ddim_sample
+from ..sampling.control import CancelCheck, ProgressCallback
+
+
+@dataclass
+class EVEConfig(PlugAndPlayConfig):
+    """Sampling settings of EVE: :class:`PlugAndPlayConfig`'s plus the first-frame handling.
+
+    Defaults: 8-frame windows overlapping by 2 (FDD trains on 8-frame clips, §4.0.4); the
+    first frame edited by the edit teacher with ``first_frame_steps`` DDIM steps and the
+    InstructPix2Pix guidance ``first_frame_cfg`` / ``first_frame_image_cfg``."""
+
+    context_frames: int = 8
+    context_overlap: int = 2
+    first_frame: str = "edit"  # "edit" | "none"
+    first_frame_steps: int = 20
+    first_frame_cfg: float = 7.5
+    first_frame_image_cfg: float = 1.5
+
+    def validate(self) -> None:
+        super().validate()
+        if self.first_frame not in ("edit", "none"):
+            raise ValueError(f"first_frame: expected 'edit' or 'none', got {self.first_frame!r}")
+        if self.first_frame_steps < 1:
+            raise ValueError(f"first_frame_steps: expected >= 1, got {self.first_frame_steps}")
+
+
+def anchor_first_frame(eps_fn, anchor: torch.Tensor, schedule: DDIMSchedule):
+    """Wrap ``eps_fn(x (1, C, F, h, w), t)`` so frame 0 follows the DDIM path to ``anchor``
+    ``(C, h, w)``: its prediction becomes (x_t,0 − sqrt(ᾱ_t) anchor) / sqrt(1 − ᾱ_t)."""
+
+    def wrapped(x: torch.Tensor, t: int) -> torch.Tensor:
+        eps = eps_fn(x, t).clone()
+        a = schedule.alpha_bar(t)
+        eps[:, :, 0] = (x[:, :, 0].float() - a ** 0.5 * anchor.float()) / (1.0 - a) ** 0.5
+        return eps
+
+    wrapped.plan = getattr(eps_fn, "plan", None)
+    return wrapped
+
+
+@torch.no_grad()
+def edit_first_frame(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
+                     cfg: EVEConfig, should_cancel: CancelCheck | None = None) -> torch.Tensor:
+    """The first frame edited by the edit teacher (backbone + ControlNet, no LoRA, 2-D path)."""
+    teacher = VideoEditStack(stack.backbone, controlnet=stack.controlnet, motion_adapter=None, loras=[])
+    pcfg = PlugAndPlayConfig(steps=cfg.first_frame_steps, text_cfg=cfg.first_frame_cfg,
+                             image_cfg=cfg.first_frame_image_cfg, control_strength=cfg.control_strength,
+                             seed=cfg.seed, negative_prompt=cfg.negative_prompt)
+    return plug_and_play_edit(teacher, frames[:1], instruction, caption, pcfg, should_cancel=should_cancel)
+
+
+@torch.no_grad()
+def eve_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
+             config: EVEConfig | None = None, *, callback: ProgressCallback | None = None,
+             should_cancel: CancelCheck | None = None, return_latents: bool = False):
+    """Edit ``frames`` (IMAGE ``[F, H, W, 3]`` 0..1) with the aligned stack (``stack.loras``
+    holding θ_align). Returns edited frames of the same shape (and the final latents
+    ``(1, C, F, h, w)`` with ``return_latents``)."""
+    cfg = config or EVEConfig()
+    cfg.validate()
+    bb = stack.backbone
+    device, dtype = stack.device, stack.dtype
+    if frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
+        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3] with at least "
+                         f"one frame, got shape {tuple(frames.shape)}")
+    F_, H, W, _ = frames.shape
+    levels = len(bb.unet.config.block_out_channels)
+    h, w = fit_size(H, W, bb.vae_scale_factor * 2 ** (levels - 1))
+    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(device)
+    schedule = DDIMSchedule()
+    anchor = None
+    if cfg.first_frame == "edit" and stack.controlnet is not None:
+        first = edit_first_frame(stack, pixels_to_frames(pixels[:1]), instruction, caption, cfg, should_cancel)
+        anchor = vae_encode(bb.vae, frames_to_pixels(first).to(device), bb.scaling_factor)[0].float()
+    with stack.applied_loras():
+        te = bb.text_encoder
+        caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)
+        instruction_emb = encode_prompts(bb.tokenizer, te, [instruction], device)
+        empty_emb = encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device)
+        control = ((pixels + 1) / 2) if stack.controlnet is not None else None
+        eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
+        if anchor is not None:
+            eps_fn = anchor_first_frame(eps_fn, anchor, schedule)
+        C = bb.unet.config.in_channels
+        lat_shape = (1, C, F_, h // bb.vae_scale_factor, w // bb.vae_scale_factor)
+        gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
+        latents = torch.randn(lat_shape, generator=gen, dtype=torch.float32).to(device)
+        latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, callback=callback, should_cancel=should_cancel)
+        flat = latents[0].permute(1, 0, 2, 3)
+        out = vae_decode(bb.vae, flat.to(dtype), bb.scaling_factor)
+    out = pixels_to_frames(resize_pixels(out.float(), (H, W)))
+    return (out, latents) if return_latents else out
