@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from comfy_api.v0_0_2 import io
 
 from ..fdd.models.controlnet import load_controlnet

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import torch
 from comfy_api.v0_0_2 import io
 
 from ..fdd.pipelines import PlugAndPlayConfig, VideoEditStack, plug_and_play_edit

@@ -12,7 +12,6 @@ from fdd.models.sd1 import load_sd1
 from fdd.pipelines import PlugAndPlayConfig, VideoEditStack, plug_and_play_edit
 from fdd.pipelines.plug_and_play import make_edit_eps_fn
 from fdd.pipelines.common import encode_prompts
-from fdd.sampling import instruct_pix2pix_guidance, classifier_free_guidance
 from fdd.testing.clip import moving_shapes_clip
 
 

@@ -30,8 +30,8 @@ import torch
 
 from ..pipelines.common import (
     encode_prompts,
-    fit_size,
     frames_to_pixels,
+    prepare_frames,
     pixels_to_frames,
     resize_pixels,
     vae_decode,
@@ -102,13 +102,7 @@ def eve_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, capt
     cfg.validate()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
-    if frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
-        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3] with at least "
-                         f"one frame, got shape {tuple(frames.shape)}")
-    F_, H, W, _ = frames.shape
-    levels = len(bb.unet.config.block_out_channels)
-    h, w = fit_size(H, W, bb.vae_scale_factor * 2 ** (levels - 1))
-    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(device)
+    pixels, (F_, H, W), (h, w) = prepare_frames(bb, frames, device)
     schedule = DDIMSchedule()
     anchor = None
     if cfg.first_frame == "edit" and stack.controlnet is not None:

@@ -68,3 +68,19 @@ def vae_decode(vae, latents: torch.Tensor, scaling_factor: float, batch: int = 8
     outs = [vae.decode((latents[i:i + batch] / scaling_factor).to(dtype)).sample
             for i in range(0, len(latents), batch)]
     return torch.cat(outs)
+
+
+def prepare_frames(backbone, frames: torch.Tensor, device) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int]]:
+    """Validate an IMAGE batch and bring it to the size the backbone's UNet accepts.
+
+    Returns ``(pixels [F, 3, h, w] in -1..1 on device, (F, H, W) original, (h, w) working size)``;
+    the working size is the largest <= the input whose sides are multiples of the VAE factor
+    times the UNet's downsampling."""
+    if frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
+        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3] with at least "
+                         f"one frame, got shape {tuple(frames.shape)}")
+    F_, H, W, _ = frames.shape
+    levels = len(backbone.unet.config.block_out_channels)
+    h, w = fit_size(H, W, backbone.vae_scale_factor * 2 ** (levels - 1))
+    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(device)
+    return pixels, (F_, H, W), (h, w)

@@ -19,7 +19,7 @@ import torch
 from ..sampling import (DDIMSchedule, add_noise, ddim_sample, instruct_pix2pix_guidance,
                         classifier_free_guidance, windowed_predict)
 from ..sampling.control import CancelCheck, ProgressCallback
-from .common import (encode_prompts, fit_size, frames_to_pixels, pixels_to_frames, resize_pixels,
+from .common import (encode_prompts, pixels_to_frames, prepare_frames, resize_pixels,
                      vae_decode, vae_encode)
 from .stack import VideoEditStack
 
@@ -112,13 +112,7 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
     cfg.validate()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
-    if frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
-        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3] with at least "
-                         f"one frame, got shape {tuple(frames.shape)}")
-    F_, H, W, _ = frames.shape
-    levels = len(bb.unet.config.block_out_channels)
-    h, w = fit_size(H, W, bb.vae_scale_factor * 2 ** (levels - 1))
-    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(device)
+    pixels, (F_, H, W), (h, w) = prepare_frames(bb, frames, device)
     with stack.applied_loras():
         te = bb.text_encoder
         caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)

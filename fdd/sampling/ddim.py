@@ -13,7 +13,7 @@ three numbers; the inference timesteps use SD's "leading" spacing with ``steps_o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 import torch
 

@@ -21,7 +21,7 @@ thresholds are arguments so a trained VAE's blur can be calibrated against rende
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
