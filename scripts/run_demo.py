@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "demo_output"))
-    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "fdd_plug_and_play_video_edit.json"))
+    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "fdd_plug_and_play_video_edit.json"),
+                    help="an API-format workflow to queue, or 'all' for every workflows/api/*.json")
     ap.add_argument("--models", default=os.path.join(ROOT, ".models", "tiny"),
                     help="where the tiny demo models tree is written")
     ap.add_argument("--timeout", type=float, default=1200)
@@ -36,22 +37,27 @@ def main(argv=None) -> int:
     write_models_tree(args.models)
     work = os.path.join(ROOT, ".cache", "demo-comfyui")
     shutil.rmtree(os.path.join(work, "output"), ignore_errors=True)
-    with open(args.workflow) as fh:
-        prompt = json.load(fh)
+    import glob
+
+    paths = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json"))) if args.workflow == "all" \
+        else [args.workflow]
     server = ComfyServer(work, args.models)
     print(f"[demo] starting ComfyUI on {server.url} (log: {server.log_path})", flush=True)
     with server:
         clip = prepare_demo_inputs(server)
-        print(f"[demo] input clip {clip}; queueing {os.path.relpath(args.workflow, ROOT)}", flush=True)
-        pid = server.queue(prompt)
-        entry = server.wait(pid, timeout=args.timeout)
-        status = entry.get("status", {})
-        if status.get("status_str") != "success":
-            msgs = [m for m in status.get("messages", []) if m[0] == "execution_error"]
-            print(f"[demo] the workflow failed: {json.dumps(msgs)[:3000]}", file=sys.stderr)
-            print(server.log_tail(), file=sys.stderr)
-            return 1
-        files = server.output_files(entry)
+        files = []
+        for path in paths:
+            with open(path) as fh:
+                prompt = json.load(fh)
+            print(f"[demo] input clip {clip}; queueing {os.path.relpath(path, ROOT)}", flush=True)
+            entry = server.wait(server.queue(prompt), timeout=args.timeout)
+            status = entry.get("status", {})
+            if status.get("status_str") != "success":
+                msgs = [m for m in status.get("messages", []) if m[0] == "execution_error"]
+                print(f"[demo] the workflow failed: {json.dumps(msgs)[:3000]}", file=sys.stderr)
+                print(server.log_tail(), file=sys.stderr)
+                return 1
+            files += server.output_files(entry)
     os.makedirs(args.out, exist_ok=True)
     frames_dir = os.path.join(args.out, "frames")
     shutil.rmtree(frames_dir, ignore_errors=True)
