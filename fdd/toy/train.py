@@ -1,0 +1,925 @@
+"""Train the toy-world model set on a CPU and export it in the real on-disk formats.
+
+    python -m fdd.toy train COMPONENT --out DIR [--minutes M] [--steps N] [--seed S]
+    python -m fdd.toy train all --out DIR [--seed S]          # every component in order
+
+Components, in dependency order (each reads the previous ones from ``DIR``):
+
+| component | model | trained on | export (``DIR/export/``) |
+|---|---|---|---|
+| ``text`` | word-level CLIP tokenizer + frozen random ``CLIPTextModel`` (64 wide, 2 layers, 1 head, 20 positions) with a fixed whitening baked in | nothing (no training) | ``tokenizer/`` |
+| ``vae`` | ``AutoencoderKL`` (32, 64): 32x32 RGB -> 4x16x16 latent | rendered frames | (in the backbone file) |
+| ``unet`` | ``UNet2DConditionModel`` (32, 64), 10 % caption dropout, EMA | frames with captions (scenes and edit targets) | ``toy_sd1.safetensors`` (LDM single file: UNet + VAE + text encoder) and the same as a diffusers folder ``toy_sd1_diffusers/`` (with ``tokenizer/``) |
+| ``controlnet`` | ``ControlNetModel.from_unet`` hint (16, 32), backbone frozen | EVE phase 1: input frame + instruction -> ControlNet, output caption -> backbone, target = ``make_edit``'s ground truth | ``toy_controlnet_edit.safetensors`` (LDM ``control_model.``) |
+| ``motion`` | ``MotionAdapter`` (32, 64), no mid block, backbone frozen | 8-frame clips with captions | ``toy_motion_module.safetensors`` (original AnimateDiff keys) |
+| ``t2v`` | ``UNet3DConditionModel`` (32, 64) on the toy VAE / text encoder | 8-frame clips with captions | ``toy_t2v/`` (diffusers pipeline-style folder: ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``) |
+
+Every trainer is seeded (data from ``numpy.random.default_rng((seed, step))``, noise from a
+torch generator seeded the same way, so a resumed run sees the same batches), stops after
+``minutes`` of training or ``steps`` steps, appends one JSON line per logged step to
+``DIR/COMPONENT/log.jsonl`` (``{"step", "loss", "elapsed_s"}``, and every ``eval_every`` steps
+``"eval": {...}`` from :mod:`fdd.toy.evaluate`), writes ``DIR/COMPONENT/state.pt`` atomically
+(temp file + rename) every ``ckpt_every`` steps and at the end, and resumes from it.
+``minutes`` is the TOTAL training time across resumed runs (evaluation time excluded), so
+re-running the same command after an interruption finishes the same budget; steps after the
+last checkpoint are redone and logged again (later lines win). Finished components write
+``DIR/COMPONENT/final.pt`` (EMA weights where used), ``result.json`` and their exports; a
+component that depends on another must be retrained when that one is.
+
+Text encoder whitening (see /work/shared/toy-world-notes.md: a random CLIP gives nearly
+collinear caption embeddings). :func:`whiten_text_encoder` measures the encoder's outputs over
+every caption / instruction the world produces and rewrites the FINAL LAYER NORM's affine so
+the output channels have zero mean and unit standard deviation over that set:
+``w' = w / s``, ``b' = (b - m) / s`` (``m``, ``s`` = per-channel mean and std of the output).
+The saved encoder is therefore a plain ``CLIPTextModel``. The notes' whitening also removed a
+per-POSITION mean; a position-dependent offset after the final layer norm cannot be expressed
+in a plain CLIP text model, so only the per-channel part is baked. To shrink the shared
+per-position component instead, the encoder has 20 positions (not 77: less padding) and its
+token embeddings are initialised 10x larger than CLIP's default (std 0.2), so the token at a
+position dominates the residual stream. :func:`embedding_stats` reports the max pairwise cosine
+of the caption embeddings before / after (written to ``DIR/text/whitening.json``).
+
+Tokenizer: a CLIP BPE tokenizer folder (``vocab.json`` + ``merges.txt``) whose vocabulary is
+the toy world's words (``word</w>``) plus the two specials; the merges are learned by BPE on
+the word list until every word is one token (checked on write). Its ids are < the encoder's
+vocabulary size (~50), so it belongs to THIS encoder only: ComfyUI's bundled SD 1.x tokenizer
+gives ids up to 49407 and cannot drive it (see the report / README for the loader change).
+
+VAE latent scale: SD loaders fix the latent scaling factor at 0.18215. After training,
+:func:`calibrate_vae_scale` rescales ``quant_conv`` (mean and log-variance) and
+``post_quant_conv`` exactly so that ``0.18215 * latent`` has unit standard deviation over
+rendered frames; the decoder's output is unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .evaluate import (
+    expected_reading,
+    read_frame,
+    reading_matches,
+    score_clip,
+    score_frames,
+)
+from .world import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    TASKS,
+    caption,
+    make_edit,
+    random_scene,
+    render_clip,
+    render_frame,
+)
+
+COMPONENTS = ("text", "vae", "unet", "controlnet", "motion", "t2v")
+#: minutes per component for ``train all`` (toy-world-notes.md "Suggested budget")
+DEFAULT_MINUTES = {"text": 0.0, "vae": 8.0, "unet": 22.0, "controlnet": 10.0, "motion": 15.0, "t2v": 15.0}
+#: per-component settings for the CLI (video evaluations cost ~2 s per sampled clip on 2 cores)
+DEFAULT_SETTINGS = {"vae": {"eval_every": 200}, "unet": {"eval_every": 300},
+                    "controlnet": {"eval_every": 200},
+                    "motion": {"eval_every": 150, "eval_samples": 16},
+                    "t2v": {"eval_every": 150, "eval_samples": 16}}
+SCALING = 0.18215
+TEXT_POSITIONS = 20
+CROSS = 64
+EXPORT = {"backbone": "toy_sd1.safetensors", "tokenizer": "tokenizer", "backbone_diffusers": "toy_sd1_diffusers",
+          "controlnet": "toy_controlnet_edit.safetensors",
+          "motion": "toy_motion_module.safetensors", "t2v": "toy_t2v"}
+
+
+@dataclass
+class TrainConfig:
+    minutes: float = 5.0
+    steps: int | None = None  # stop after this many steps (total, counting resumed ones)
+    batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    eval_every: int = 200
+    eval_samples: int = 64
+    log_every: int = 10
+    ckpt_every: int = 100
+    ema: float = 0.999  # 0 disables EMA (UNet / T2V / motion)
+    caption_dropout: float = 0.1
+    cfg_scale: float = 4.0
+    sample_steps: int = 20
+    frames: int = 8
+    clips_per_batch: int = 8  # motion / t2v: clips per step (x frames)
+    size: int = 32
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------
+# vocabulary, tokenizer, text encoder
+
+
+def toy_vocabulary() -> list[str]:
+    """Every word a toy caption or instruction can contain."""
+    words = {"a", "an", "on", "and", "background", "empty", "striped", "outlined", "make", "the", "turn",
+             "into", "change", "to", "remove", "add", "give", "stripes", "draw", "as", "outline", "invert",
+             "colours"}
+    words |= set(SHAPES) | set(COLOURS) | set(BACKGROUNDS)
+    return sorted(words)
+
+
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE on the word list (each word once) until every word is a single symbol."""
+    seqs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: Counter = Counter()
+        for s in seqs.values():
+            for a, b in itertools.pairwise(s):
+                pairs[(a, b)] += 1
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for w, s in seqs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            seqs[w] = out
+
+
+def write_word_tokenizer(folder: str | os.PathLike) -> str:
+    """Write the word-level CLIP tokenizer folder; every toy word is one token (checked)."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    words = toy_vocabulary()
+    merges = _learn_merges(words)
+    vocab = {w + "</w>": i for i, w in enumerate(words)}
+    # the BPE model needs every symbol a merge starts from or produces in its vocabulary
+    chars = sorted({c for w in words for c in w} | {c + "</w>" for w in words for c in w})
+    for sym in chars + [x for a, b in merges for x in (a, b, a + b)]:
+        vocab.setdefault(sym, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as fh:
+        json.dump(vocab, fh)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    with open(os.path.join(folder, "special_tokens_map.json"), "w") as fh:
+        json.dump(special, fh)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as fh:
+        json.dump({"model_max_length": TEXT_POSITIONS, "tokenizer_class": "CLIPTokenizer", **special}, fh)
+    tok = load_tokenizer(folder)
+    for w in words:
+        ids = tok(w).input_ids
+        if len(ids) != 3 or ids[1] != vocab[w + "</w>"]:
+            raise RuntimeError(f"word tokenizer: {w!r} is not a single token ({ids})")
+    return folder
+
+
+def load_tokenizer(folder):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
+
+
+def make_text_encoder(vocab_size: int, seed: int, token_std: float = 0.2):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=vocab_size, hidden_size=CROSS, intermediate_size=4 * CROSS,
+                         num_hidden_layers=2, num_attention_heads=1, max_position_embeddings=TEXT_POSITIONS,
+                         hidden_act="quick_gelu", projection_dim=CROSS, bos_token_id=vocab_size - 2,
+                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    te = CLIPTextModel(cfg).eval()
+    with torch.no_grad():
+        te.get_input_embeddings().weight.normal_(0.0, token_std)
+    return te.requires_grad_(False)
+
+
+def text_corpus(seed: int = 0, n: int = 3000) -> list[str]:
+    """Captions (sources and edit targets), instructions and the empty prompt."""
+    rng = np.random.default_rng(seed)
+    out = {""}
+    for i in range(n):
+        e = make_edit(random_scene(rng), TASKS[i % len(TASKS)], rng)
+        out |= {e.source_caption, e.target_caption, e.instruction}
+    return sorted(out)
+
+
+@torch.no_grad()
+def encode(tok, te, prompts) -> torch.Tensor:
+    ids = tok(list(prompts), padding="max_length", max_length=te.config.max_position_embeddings,
+              truncation=True, return_tensors="pt").input_ids
+    return te(ids)[0]
+
+
+def embedding_stats(tok, te, prompts) -> dict:
+    e = encode(tok, te, prompts).flatten(1)
+    e = e / e.norm(dim=1, keepdim=True)
+    cos = e @ e.T
+    off = cos[~torch.eye(len(e), dtype=torch.bool)]
+    return {"max_cos": float(off.max()), "mean_cos": float(off.mean()), "n": len(e)}
+
+
+@torch.no_grad()
+def whiten_text_encoder(tok, te, prompts) -> dict:
+    """Bake per-channel whitening of the output into ``final_layer_norm`` (see module doc)."""
+    before = embedding_stats(tok, te, prompts)
+    h = encode(tok, te, prompts).reshape(-1, te.config.hidden_size)
+    m, s = h.mean(0), h.std(0).clamp_min(1e-6)
+    ln = te.text_model.final_layer_norm if hasattr(te, "text_model") else te.final_layer_norm
+    ln.weight.div_(s)
+    ln.bias.sub_(m).div_(s)
+    return {"before": before, "after": embedding_stats(tok, te, prompts)}
+
+
+# ------------------------------------------------------------------------------------------
+# model builders
+
+
+def make_vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         layers_per_block=1, norm_num_groups=32, sample_size=32, scaling_factor=SCALING)
+
+
+def unet_config() -> dict:
+    return {"sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": (32, 64),
+            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "layers_per_block": 1,
+            "cross_attention_dim": CROSS, "attention_head_dim": 8, "norm_num_groups": 32}
+
+
+def make_unet(seed: int):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**unet_config())
+
+
+def make_controlnet(unet):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+
+
+def make_motion_adapter(seed: int):
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    return MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1,
+                         motion_mid_block_layers_per_block=1, motion_num_attention_heads=8,
+                         motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=False)
+
+
+def make_unet3d(seed: int):
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(sample_size=16, in_channels=4, out_channels=4,
+                                down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), block_out_channels=(32, 64),
+                                layers_per_block=1, norm_num_groups=32, cross_attention_dim=CROSS,
+                                attention_head_dim=8)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+def _to_pixels(imgs) -> torch.Tensor:
+    """``[N, H, W, 3]`` 0..1 -> ``[N, 3, H, W]`` -1..1."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def sample_captioned(rng, n: int, size: int = 32, frames: int = 8, edited: float = 0.5):
+    """``n`` frames with captions: a random scene at a random frame, or (prob. ``edited``) the
+    ground-truth result of a random edit of it, so the backbone learns every output caption."""
+    imgs, caps = [], []
+    for _ in range(n):
+        sc = random_scene(rng, size, frames)
+        i = int(rng.integers(frames))
+        if rng.random() < edited:
+            e = make_edit(sc, TASKS[int(rng.integers(len(TASKS)))], rng, frames)
+            imgs.append(render_frame(e.target.at(i), e.inverted))
+            caps.append(e.target_caption)
+        else:
+            imgs.append(render_frame(sc.at(i)))
+            caps.append(caption(sc))
+    return _to_pixels(imgs), caps
+
+
+def sample_edits(rng, n: int, size: int = 32, frames: int = 8):
+    """(input frames, target frames, instructions, output captions, edits, frame indices)."""
+    src, tgt, ins, caps, edits, idx = [], [], [], [], [], []
+    for _ in range(n):
+        e = make_edit(random_scene(rng, size, frames), TASKS[int(rng.integers(len(TASKS)))], rng, frames)
+        i = int(rng.integers(frames))
+        src.append(render_frame(e.source.at(i)))
+        tgt.append(render_frame(e.target.at(i), e.inverted))
+        ins.append(e.instruction)
+        caps.append(e.target_caption)
+        edits.append(e)
+        idx.append(i)
+    return _to_pixels(src), _to_pixels(tgt), ins, caps, edits, idx
+
+
+def sample_clips(rng, n: int, size: int = 32, frames: int = 8, edited: float = 0.5):
+    """``[n, F, 3, H, W]`` clips in -1..1 with captions."""
+    clips, caps = [], []
+    for _ in range(n):
+        sc = random_scene(rng, size, frames)
+        if rng.random() < edited:
+            e = make_edit(sc, TASKS[int(rng.integers(len(TASKS)))], rng, frames)
+            clips.append(render_clip(e.target, frames, e.inverted))
+            caps.append(e.target_caption)
+        else:
+            clips.append(render_clip(sc, frames))
+            caps.append(caption(sc))
+    x = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() * 2 - 1
+    return x, caps
+
+
+# ------------------------------------------------------------------------------------------
+# the generic loop: time budget, logging, evaluation, atomic checkpoints, resume
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _log(path: str, rec: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+class _EMA:
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model, step: int):
+        """EMA with the usual warm-up: decay min(decay, (1 + step) / (10 + step)), so early
+        evaluations are not dominated by the random initialisation."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+    def copy_to(self, model):
+        sd = model.state_dict()
+        sd.update(self.shadow)
+        model.load_state_dict(sd)
+
+
+def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, params, step_fn: Callable,
+               eval_fn: Callable | None = None, ema: bool = False) -> dict:
+    """Run ``step_fn(step, rng, gen) -> loss tensor`` with AdamW on ``params`` until the budget
+    is spent; resumes from ``out/name/state.pt``. ``eval_fn(model_for_eval) -> dict``.
+    Returns ``{"step", "elapsed_s", "loss", "eval"}``; the model ends holding the EMA weights
+    when ``ema`` (the raw ones stay in the state file)."""
+    work = os.path.join(out, name)
+    os.makedirs(work, exist_ok=True)
+    state_path, log_path = os.path.join(work, "state.pt"), os.path.join(work, "log.jsonl")
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    shadow = _EMA(model, cfg.ema) if ema and cfg.ema > 0 else None
+    step, elapsed = 0, 0.0
+    if os.path.isfile(state_path):
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        if shadow is not None and st.get("ema") is not None:
+            shadow.shadow = st["ema"]
+        step, elapsed = int(st["step"]), float(st["elapsed_s"])
+
+    def save():
+        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(),
+                      "ema": shadow.shadow if shadow is not None else None, "step": step,
+                      "elapsed_s": elapsed, "config": asdict(cfg)}, state_path)
+
+    def evaluate():
+        if eval_fn is None:
+            return None
+        if shadow is None:
+            model.eval()
+            r = eval_fn(model)
+        else:
+            m = copy.deepcopy(model).eval()
+            shadow.copy_to(m)
+            r = eval_fn(m)
+        model.train()
+        return r
+
+    budget = cfg.minutes * 60.0
+    last = {"loss": None, "eval": None}
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    while (cfg.steps is None or step < cfg.steps) and elapsed < budget:
+        rng = np.random.default_rng([cfg.seed, step])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        loss = step_fn(step, rng, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if shadow is not None:
+            shadow.update(model, step)
+        step += 1
+        elapsed = time.perf_counter() - t0
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"{name}: loss became {lv} at step {step}")
+        last["loss"] = lv
+        rec = {"step": step, "loss": lv, "elapsed_s": round(elapsed, 2)}
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            last["eval"] = rec["eval"] = evaluate()
+            t0 = time.perf_counter() - elapsed  # evaluation time is not training time
+        if step % cfg.log_every == 0 or "eval" in rec or step == 1:
+            _log(log_path, rec)
+        if step % cfg.ckpt_every == 0:
+            save()
+    save()
+    if shadow is not None:
+        shadow.copy_to(model)
+    if eval_fn is not None and (not cfg.eval_every or step % cfg.eval_every):
+        last["eval"] = eval_fn(model.eval())
+        _log(log_path, {"step": step, "final": True, "eval": last["eval"]})
+    model.eval()
+    return {"step": step, "elapsed_s": elapsed, **last}
+
+
+def _noise_pred_loss(pred, noise):
+    return F.mse_loss(pred, noise)
+
+
+def _timesteps(gen, n):
+    return torch.randint(0, 1000, (n,), generator=gen)
+
+
+def _alphas():
+    from fdd.sampling import DDIMSchedule
+
+    return DDIMSchedule().alphas_cumprod.float()
+
+
+def _noised(x0, noise, t, ab):
+    a = ab[t].view(-1, *([1] * (x0.dim() - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+# ------------------------------------------------------------------------------------------
+# components
+
+
+class Toolkit:
+    """Frozen pieces the trainers share, read from ``out``: tokenizer, text encoder, VAE, UNet."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def tok(self):
+        if not hasattr(self, "_tok"):
+            self._tok = load_tokenizer(os.path.join(self.out, "text", "tokenizer"))
+        return self._tok
+
+    @property
+    def te(self):
+        if not hasattr(self, "_te"):
+            st = torch.load(os.path.join(self.out, "text", "text_encoder.pt"), weights_only=False)
+            te = make_text_encoder(st["vocab_size"], 0)
+            te.load_state_dict(st["model"])
+            self._te = te.eval().requires_grad_(False)
+        return self._te
+
+    @property
+    def vae(self):
+        if not hasattr(self, "_vae"):
+            vae = make_vae(0)
+            vae.load_state_dict(_final_weights(self.out, "vae"))
+            self._vae = vae.eval().requires_grad_(False)
+        return self._vae
+
+    @property
+    def unet(self):
+        if not hasattr(self, "_unet"):
+            unet = make_unet(0)
+            unet.load_state_dict(_final_weights(self.out, "unet"))
+            self._unet = unet.eval().requires_grad_(False)
+        return self._unet
+
+    def emb(self, prompts) -> torch.Tensor:
+        miss = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if miss:
+            for p, e in zip(miss, encode(self.tok, self.te, miss)):
+                self._cache[p] = e
+        return torch.stack([self._cache[p] for p in prompts])
+
+    @torch.no_grad()
+    def encode_images(self, pixels) -> torch.Tensor:
+        return self.vae.encode(pixels).latent_dist.mean * SCALING
+
+    @torch.no_grad()
+    def decode(self, latents) -> np.ndarray:
+        """latents ``[N, 4, h, w]`` -> ``[N, H, W, 3]`` 0..1 numpy."""
+        x = self.vae.decode(latents / SCALING).sample
+        return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def _final_weights(out: str, name: str) -> dict:
+    """The component's trained weights (EMA when it had one)."""
+    st = torch.load(os.path.join(out, name, "final.pt"), map_location="cpu", weights_only=False)
+    return st
+
+
+def _drop(prompts, rng, p):
+    return ["" if rng.random() < p else c for c in prompts]
+
+
+@torch.no_grad()
+def _ddim(eps_cond_uncond: Callable, shape, cfg: TrainConfig, seed: int) -> torch.Tensor:
+    from fdd.sampling import DDIMSchedule, ddim_sample
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+
+    def eps_fn(x, t):
+        c, u = eps_cond_uncond(x, t)
+        return u + cfg.cfg_scale * (c - u)
+
+    return ddim_sample(eps_fn, x, DDIMSchedule(), cfg.sample_steps)
+
+
+def train_text(out: str, cfg: TrainConfig) -> dict:
+    """Write the tokenizer and the whitened frozen random text encoder (no training)."""
+    d = os.path.join(out, "text")
+    os.makedirs(d, exist_ok=True)
+    tok = load_tokenizer(write_word_tokenizer(os.path.join(d, "tokenizer")))
+    te = make_text_encoder(len(tok.get_vocab()), cfg.seed + 2, cfg.extra.get("token_std", 0.2))
+    stats = whiten_text_encoder(tok, te, text_corpus(cfg.seed))
+    _atomic_save({"model": te.state_dict(), "vocab_size": te.config.vocab_size}, os.path.join(d, "text_encoder.pt"))
+    with open(os.path.join(d, "whitening.json"), "w") as fh:
+        json.dump(stats, fh, indent=1)
+    return {"step": 0, "eval": stats}
+
+
+def calibrate_vae_scale(vae, pixels) -> float:
+    """Rescale the latent so ``SCALING * mean`` has unit std on ``pixels`` (exact; see doc)."""
+    with torch.no_grad():
+        std = float(vae.encode(pixels).latent_dist.mean.std())
+        k = 1.0 / (SCALING * std)
+        c = vae.quant_conv.out_channels // 2
+        vae.quant_conv.weight[:c].mul_(k)
+        vae.quant_conv.bias[:c].mul_(k)
+        vae.quant_conv.bias[c:].add_(2 * math.log(k))
+        vae.post_quant_conv.weight.div_(k)
+    return k
+
+
+def eval_vae(vae, n: int, seed: int = 12345, size: int = 32) -> dict:
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, size).at(int(rng.integers(8))) for _ in range(n)]
+    x = _to_pixels([render_frame(s) for s in scenes])
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    imgs = ((y.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
+
+
+def _attr_scores(got, want) -> dict:
+    n = len(got)
+    ok = sum(reading_matches(g, w) for g, w in zip(got, want))
+    col = shp = bg = 0
+    cerr = []
+    for g, w in zip(got, want):
+        bg += g.background == w.background
+        if w.objects and g.objects:
+            o = g.find(w.objects[0].colour)
+            col += o is not None
+            if o is not None:
+                shp += o.shape == w.objects[0].shape
+                cerr.append(float(np.hypot(o.cx - w.objects[0].cx, o.cy - w.objects[0].cy)))
+    return {"all_correct": ok / n, "colour": col / n, "shape": shp / n, "background": bg / n,
+            "centroid_err_px": float(np.median(cerr)) if cerr else float("nan"), "n": n}
+
+
+def train_vae(out: str, cfg: TrainConfig) -> dict:
+    vae = make_vae(cfg.seed + 1)
+
+    def step(i, rng, gen):
+        x, _ = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        return F.mse_loss(rec, x) + F.l1_loss(rec, x) + 1e-4 * kl
+
+    res = train_loop("vae", out, cfg, vae, vae.parameters(), step,
+                     lambda m: eval_vae(m, cfg.eval_samples, size=cfg.size))
+    x, _ = sample_captioned(np.random.default_rng([cfg.seed, 999]), 128, cfg.size, cfg.frames)
+    res["latent_gain"] = calibrate_vae_scale(vae, x)
+    _atomic_save(vae.state_dict(), os.path.join(out, "vae", "final.pt"))
+    return res
+
+
+def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345) -> dict:
+    rng = np.random.default_rng(seed)
+    n = cfg.eval_samples
+    scenes = [random_scene(rng, cfg.size).at(int(rng.integers(cfg.frames))) for _ in range(n)]
+    c, u = kit.emb([caption(s) for s in scenes]), kit.emb([""] * n)
+    h = cfg.size // 2
+
+    def ecu(x, t):
+        e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u])).sample
+        return e.chunk(2)
+
+    imgs = kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed))
+    return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
+
+
+def train_unet(out: str, cfg: TrainConfig) -> dict:
+    kit, unet, ab = Toolkit(out), make_unet(cfg.seed + 3), _alphas()
+
+    def step(i, rng, gen):
+        x, caps = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
+        z = kit.encode_images(x)
+        noise, t = torch.randn(z.shape, generator=gen), _timesteps(gen, len(z))
+        emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
+        return _noise_pred_loss(unet(_noised(z, noise, t, ab), t, encoder_hidden_states=emb).sample, noise)
+
+    res = train_loop("unet", out, cfg, unet, unet.parameters(), step, lambda m: eval_t2i(kit, m, cfg), ema=True)
+    _atomic_save(unet.state_dict(), os.path.join(out, "unet", "final.pt"))
+    export_backbone(out)
+    export_backbone_diffusers(out)
+    return res
+
+
+def _cn_eps(unet, cn, x, t, cap, ins, hint):
+    d, m = cn(x, t, encoder_hidden_states=ins, controlnet_cond=hint, return_dict=False)
+    return unet(x, t, encoder_hidden_states=cap, down_block_additional_residuals=list(d),
+                mid_block_additional_residual=m).sample
+
+
+def eval_edit(kit: Toolkit, cn, cfg: TrainConfig, seed: int = 12345) -> dict:
+    """Single-frame edits: guidance over the text (the ``image`` branch keeps the input
+    frame with empty texts, as plug_and_play_edit does with image_cfg 1)."""
+    rng = np.random.default_rng(seed)
+    n = cfg.eval_samples
+    src, _, ins, caps, edits, idx = sample_edits(rng, n, cfg.size, cfg.frames)
+    hint = (src + 1) / 2
+    c, i_, u = kit.emb(caps), kit.emb(ins), kit.emb([""] * n)
+    h = cfg.size // 2
+
+    def ecu(x, t):
+        tt = torch.full((2 * n,), t)
+        e = _cn_eps(kit.unet, cn, torch.cat([x, x]), tt, torch.cat([c, u]), torch.cat([i_, u]),
+                    torch.cat([hint, hint]))
+        return e.chunk(2)
+
+    imgs = kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed))
+    tot: Counter = Counter()
+    per_task: dict = {}
+    for img, e, k, s in zip(imgs, edits, idx, src):
+        inp = ((s + 1) / 2).permute(1, 2, 0).numpy()[None]
+        e1 = replace(e, source=e.source.at(k), target=e.target.at(k))  # the frame scored
+        sc = score_clip(img[None], e1, inp)
+        full = sc["edit_accuracy"] == 1 and sc["preservation"] == 1
+        tot.update({"edit": sc["edit_accuracy"], "preserve": sc["preservation"], "attr": sc["attribute_accuracy"],
+                    "full": full})
+        per_task.setdefault(e.task, []).append(full)
+    return {"edit_accuracy": tot["edit"] / n, "preservation": tot["preserve"] / n,
+            "attribute_accuracy": tot["attr"] / n, "fully_right": tot["full"] / n,
+            "per_task_fully_right": {k: float(np.mean(v)) for k, v in per_task.items()}, "n": n}
+
+
+def train_controlnet(out: str, cfg: TrainConfig) -> dict:
+    """EVE phase 1: ControlNet fed the input frame and the instruction; backbone frozen and
+    fed the output caption; target = the ground-truth edited frame. Instruction and caption
+    are dropped independently with ``caption_dropout``."""
+    kit, ab = Toolkit(out), _alphas()
+    cn = make_controlnet(kit.unet)
+
+    def step(i, rng, gen):
+        src, tgt, ins, caps, _, _ = sample_edits(rng, cfg.batch, cfg.size, cfg.frames)
+        z = kit.encode_images(tgt)
+        noise, t = torch.randn(z.shape, generator=gen), _timesteps(gen, len(z))
+        pred = _cn_eps(kit.unet, cn, _noised(z, noise, t, ab), t, kit.emb(_drop(caps, rng, cfg.caption_dropout)),
+                       kit.emb(_drop(ins, rng, cfg.caption_dropout)), (src + 1) / 2)
+        return _noise_pred_loss(pred, noise)
+
+    res = train_loop("controlnet", out, cfg, cn, cn.parameters(), step, lambda m: eval_edit(kit, m, cfg))
+    _atomic_save(cn.state_dict(), os.path.join(out, "controlnet", "final.pt"))
+    export_controlnet(out)
+    return res
+
+
+def eval_video(kit: Toolkit, denoise: Callable, cfg: TrainConfig, seed: int = 12345) -> dict:
+    """Sample clips from captions; temporal consistency (score_frames) and attribute accuracy."""
+    rng = np.random.default_rng(seed)
+    n, Fr, h = cfg.eval_samples, cfg.frames, cfg.size // 2
+    scenes = [random_scene(rng, cfg.size, Fr) for _ in range(n)]
+    c, u = kit.emb([caption(s) for s in scenes]), kit.emb([""] * n)
+
+    def ecu(x, t):
+        e = denoise(torch.cat([x, x]), t, torch.cat([c, u]))
+        return e.chunk(2)
+
+    lat = _ddim(ecu, (n, 4, Fr, h, h), cfg, seed)
+    imgs = kit.decode(lat.permute(0, 2, 1, 3, 4).reshape(n * Fr, 4, h, h)).reshape(n, Fr, cfg.size, cfg.size, 3)
+    const, resid, attr = [], [], 0
+    for clip, s in zip(imgs, scenes):
+        sf = score_frames(clip)
+        const.append(sf["attributes_constant"])
+        resid.append(sf["path_residual_px"])
+        attr += reading_matches(sf["readings"][0], expected_reading(s))
+    r = np.array(resid, dtype=float)
+    return {"attributes_constant": float(np.mean(const)), "attribute_accuracy_f0": attr / n,
+            "path_residual_px_median": float(np.nanmedian(r)) if np.isfinite(r).any() else float("nan"),
+            "path_residual_le_1px": float(np.mean(np.nan_to_num(r, nan=99.0) <= 1.0)), "n": n}
+
+
+def _video_latents(kit, clips):
+    B, Fr = clips.shape[:2]
+    z = kit.encode_images(clips.reshape(B * Fr, *clips.shape[2:]))
+    return z.reshape(B, Fr, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # B C F h w
+
+
+def train_motion(out: str, cfg: TrainConfig) -> dict:
+    """Motion module on the frozen backbone (AnimateDiff training: only motion_modules learn)."""
+    from diffusers import UNetMotionModel
+
+    kit, ab = Toolkit(out), _alphas()
+    adapter = make_motion_adapter(cfg.seed + 4)
+    mu = UNetMotionModel.from_unet2d(kit.unet, adapter)
+    mu.requires_grad_(False)
+    params = [p for n, p in mu.named_parameters() if "motion_modules" in n]
+    for p in params:
+        p.requires_grad_(True)
+
+    def denoise(x, t, emb, model=mu):
+        Fr = x.shape[2]
+        return model(x, t, encoder_hidden_states=emb.repeat_interleave(Fr, 0)).sample
+
+    def step(i, rng, gen):
+        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
+        z = _video_latents(kit, clips)
+        noise, t = torch.randn(z.shape, generator=gen), _timesteps(gen, len(z))
+        emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
+        return _noise_pred_loss(denoise(_noised(z, noise, t, ab), t, emb), noise)
+
+    res = train_loop("motion", out, cfg, mu, params, step,
+                     lambda m: eval_video(kit, lambda x, t, e: denoise(x, t, e, m), cfg), ema=True)
+    sd = mu.state_dict()
+    ad_sd = adapter.state_dict()
+    adapter.load_state_dict({k: sd.get(k, v) for k, v in ad_sd.items()})
+    _atomic_save(adapter.state_dict(), os.path.join(out, "motion", "final.pt"))
+    export_motion(out)
+    return res
+
+
+def train_t2v(out: str, cfg: TrainConfig) -> dict:
+    kit, ab = Toolkit(out), _alphas()
+    u3 = make_unet3d(cfg.seed + 6)
+
+    def denoise(x, t, emb, model=u3):
+        return model(x, t, encoder_hidden_states=emb).sample
+
+    def step(i, rng, gen):
+        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
+        z = _video_latents(kit, clips)
+        noise, t = torch.randn(z.shape, generator=gen), _timesteps(gen, len(z))
+        emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
+        return _noise_pred_loss(denoise(_noised(z, noise, t, ab), t, emb), noise)
+
+    res = train_loop("t2v", out, cfg, u3, u3.parameters(), step,
+                     lambda m: eval_video(kit, lambda x, t, e: denoise(x, t, e, m), cfg), ema=True)
+    _atomic_save(u3.state_dict(), os.path.join(out, "t2v", "final.pt"))
+    export_t2v(out)
+    return res
+
+
+# ------------------------------------------------------------------------------------------
+# exports in the real formats
+
+
+def _export_dir(out: str) -> str:
+    d = os.path.join(out, "export")
+    os.makedirs(d, exist_ok=True)
+    tokdir = os.path.join(d, EXPORT["tokenizer"])
+    if not os.path.isdir(tokdir):
+        import shutil
+
+        shutil.copytree(os.path.join(out, "text", "tokenizer"), tokdir)
+    return d
+
+
+def export_backbone(out: str, dtype: torch.dtype = torch.float32) -> str:
+    """LDM single file (UNet + VAE + text encoder) + ``export/tokenizer/``; load it with
+    ``fdd.models.sd1.load_sd1(path, tokenizer=export/tokenizer)``."""
+    from fdd.testing.ldm_formats import save_ldm_sd1_checkpoint
+
+    kit = Toolkit(out)
+    d = _export_dir(out)
+    return save_ldm_sd1_checkpoint(os.path.join(d, EXPORT["backbone"]), kit.unet, kit.vae, kit.te, dtype=dtype)
+
+
+def export_backbone_diffusers(out: str) -> str:
+    """The same backbone as a diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
+    ``tokenizer/``): ``load_sd1(folder)`` takes the tokenizer from it, and so does the
+    pack's ComfyUI backbone node for ``diffusers/`` entries (for single files it uses
+    ComfyUI's SD 1.x tokenizer, whose ids do not fit the toy encoder)."""
+    import shutil
+
+    kit = Toolkit(out)
+    d = os.path.join(_export_dir(out), EXPORT["backbone_diffusers"])
+    stage = d + ".partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    kit.unet.save_pretrained(os.path.join(stage, "unet"))
+    kit.vae.save_pretrained(os.path.join(stage, "vae"))
+    kit.te.save_pretrained(os.path.join(stage, "text_encoder"))
+    shutil.copytree(os.path.join(out, "text", "tokenizer"), os.path.join(stage, "tokenizer"))
+    with open(os.path.join(stage, "model_index.json"), "w") as fh:
+        json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                   "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                   "tokenizer": ["transformers", "CLIPTokenizer"]}, fh)
+    shutil.rmtree(d, ignore_errors=True)
+    os.replace(stage, d)
+    return d
+
+
+def export_controlnet(out: str, dtype: torch.dtype = torch.float32) -> str:
+    from fdd.testing.ldm_formats import save_ldm_controlnet
+
+    cn = make_controlnet(make_unet(0))
+    cn.load_state_dict(_final_weights(out, "controlnet"))
+    return save_ldm_controlnet(os.path.join(_export_dir(out), EXPORT["controlnet"]), cn, dtype=dtype)
+
+
+def export_motion(out: str) -> str:
+    from fdd.testing.motion_formats import save_animatediff_original
+
+    ad = make_motion_adapter(0)
+    ad.load_state_dict(_final_weights(out, "motion"))
+    return save_animatediff_original(os.path.join(_export_dir(out), EXPORT["motion"]), ad)
+
+
+def export_t2v(out: str) -> str:
+    """A diffusers pipeline-style folder: ``unet/`` (what load_t2v_unet reads), ``vae/``,
+    ``text_encoder/``, ``tokenizer/`` (what the ASSD node uses beside it)."""
+    import shutil
+
+    kit = Toolkit(out)
+    d = os.path.join(_export_dir(out), EXPORT["t2v"])
+    stage = d + ".partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    u3 = make_unet3d(0)
+    u3.load_state_dict(_final_weights(out, "t2v"))
+    u3.save_pretrained(os.path.join(stage, "unet"))
+    kit.vae.save_pretrained(os.path.join(stage, "vae"))
+    kit.te.save_pretrained(os.path.join(stage, "text_encoder"))
+    shutil.copytree(os.path.join(out, "text", "tokenizer"), os.path.join(stage, "tokenizer"))
+    with open(os.path.join(stage, "model_index.json"), "w") as fh:
+        json.dump({"_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"],
+                   "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                   "tokenizer": ["transformers", "CLIPTokenizer"]}, fh)
+    shutil.rmtree(d, ignore_errors=True)
+    os.replace(stage, d)
+    return d
+
+
+TRAINERS = {"text": train_text, "vae": train_vae, "unet": train_unet, "controlnet": train_controlnet,
+            "motion": train_motion, "t2v": train_t2v}
+
+
+def train(component: str, out: str, cfg: TrainConfig) -> dict:
+    if component not in TRAINERS:
+        raise ValueError(f"component: unknown {component!r}; expected one of {COMPONENTS} or 'all'")
+    os.makedirs(out, exist_ok=True)
+    res = TRAINERS[component](os.fspath(out), cfg)
+    with open(os.path.join(out, component, "result.json"), "w") as fh:
+        json.dump({"component": component, "config": asdict(cfg), **res}, fh, indent=1, default=str)
+    return res

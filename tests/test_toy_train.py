@@ -1,0 +1,187 @@
+"""Toy-world training library: a few steps of each trainer on tiny budgets, exports through
+the pack's loaders, resume, tokenizer and whitening. (The real trainings take minutes each;
+see fdd/toy/train.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fdd.toy.train import (
+    EXPORT,
+    TrainConfig,
+    encode,
+    load_tokenizer,
+    make_text_encoder,
+    text_corpus,
+    toy_vocabulary,
+    train,
+    whiten_text_encoder,
+    write_word_tokenizer,
+)
+
+
+def _lines(path):
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(x) for x in fh]
+
+
+def _cfg(**kw):
+    base = {"steps": 2, "batch": 4, "eval_samples": 4, "sample_steps": 2, "eval_every": 2, "log_every": 1,
+            "ckpt_every": 1, "clips_per_batch": 2, "frames": 4, "lr": 1e-3}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("toytrain"))
+    res = {}
+    for name in ("text", "vae", "unet", "controlnet", "motion", "t2v"):
+        res[name] = train(name, out, _cfg())
+    return out, res
+
+
+def test_word_tokenizer_one_token_per_word(tmp_path):
+    tok = load_tokenizer(write_word_tokenizer(tmp_path / "tok"))
+    vocab = tok.get_vocab()
+    for w in toy_vocabulary():
+        assert tok(w).input_ids[1:-1] == [vocab[w + "</w>"]]
+    ids = tok("make the circle blue").input_ids
+    assert len(ids) == 6 and max(ids) < len(vocab)
+
+
+def test_whitening_is_baked_and_decorrelates(tmp_path):
+    tok = load_tokenizer(write_word_tokenizer(tmp_path / "tok"))
+    te = make_text_encoder(len(tok.get_vocab()), 0)
+    prompts = text_corpus(0, 300)
+    stats = whiten_text_encoder(tok, te, prompts)
+    assert stats["after"]["mean_cos"] < stats["before"]["mean_cos"]
+    h = encode(tok, te, prompts).reshape(-1, 64)
+    assert torch.allclose(h.mean(0), torch.zeros(64), atol=1e-3)
+    assert torch.allclose(h.std(0), torch.ones(64), atol=1e-3)
+    assert type(te).__name__ == "CLIPTextModel"
+
+
+def test_every_trainer_runs_logs_and_changes_weights(trained):
+    out, res = trained
+    for name in ("vae", "unet", "controlnet", "motion", "t2v"):
+        assert res[name]["step"] == 2 and np.isfinite(res[name]["loss"]), name
+        lines = _lines(os.path.join(out, name, "log.jsonl"))
+        assert [r["step"] for r in lines if "loss" in r] == [1, 2]
+        assert any("eval" in r for r in lines), name
+        st = torch.load(os.path.join(out, name, "state.pt"), weights_only=False)
+        assert st["step"] == 2
+    assert 0 <= res["unet"]["eval"]["all_correct"] <= 1
+    assert "edit_accuracy" in res["controlnet"]["eval"]
+    assert "attributes_constant" in res["motion"]["eval"]
+    # the motion trainer only moves motion modules: the backbone UNet weights are unchanged
+    from fdd.toy.train import Toolkit, make_motion_adapter
+
+    kit = Toolkit(out)
+    st = torch.load(os.path.join(out, "motion", "state.pt"), weights_only=False)["model"]
+    assert torch.equal(st["conv_in.weight"], kit.unet.conv_in.weight)
+    ad = make_motion_adapter(4)
+    fin = torch.load(os.path.join(out, "motion", "final.pt"), weights_only=False)
+    assert any(not torch.equal(fin[k], v) for k, v in ad.state_dict().items() if "proj_out" not in k)
+
+
+def test_vae_loss_goes_down(tmp_path):
+    from fdd.toy.train import train_vae
+
+    train("text", str(tmp_path), _cfg())
+    res = train_vae(str(tmp_path), _cfg(steps=24, batch=8, eval_every=0, lr=1e-3))
+    lines = [r["loss"] for r in _lines(tmp_path / "vae" / "log.jsonl") if "loss" in r]
+    assert np.mean(lines[-5:]) < np.mean(lines[:5])
+    assert res["latent_gain"] > 0
+
+
+def test_resume_continues(trained, tmp_path):
+    import shutil
+
+    out, _ = trained
+    work = tmp_path / "w"
+    shutil.copytree(out, work)
+    before = torch.load(work / "unet" / "state.pt", weights_only=False)
+    res = train("unet", str(work), _cfg(steps=3, eval_every=0))
+    assert res["step"] == 3
+    steps = [r["step"] for r in _lines(work / "unet" / "log.jsonl")]
+    assert steps.count(3) >= 1 and steps.count(1) == 1  # continued, did not restart
+    after = torch.load(work / "unet" / "state.pt", weights_only=False)
+    k = "conv_in.weight"
+    assert not torch.equal(before["model"][k], after["model"][k])
+
+
+def test_exports_load_through_the_pack_loaders(trained):
+    from fdd.models.controlnet import check_controlnet_matches_unet, load_controlnet
+    from fdd.models.motion import build_motion_unet, load_motion_adapter
+    from fdd.models.sd1 import load_sd1
+    from fdd.models.t2v import load_t2v_unet
+    from fdd.pipelines.common import encode_prompts
+    from fdd.toy.train import Toolkit
+
+    out, _ = trained
+    d = os.path.join(out, "export")
+    bb = load_sd1(os.path.join(d, EXPORT["backbone"]), tokenizer=os.path.join(d, EXPORT["tokenizer"]))
+    kit = Toolkit(out)
+    emb = encode_prompts(bb.tokenizer, bb.text_encoder, ["a red circle on a white background"])
+    assert torch.allclose(emb, kit.emb(["a red circle on a white background"]), atol=1e-5)
+    assert bb.vae_scale_factor == 2
+    for a, b in zip(bb.unet.state_dict().values(), kit.unet.state_dict().values()):
+        assert torch.equal(a, b)
+    folder = load_sd1(os.path.join(d, EXPORT["backbone_diffusers"]))  # tokenizer/ from the folder
+    assert torch.allclose(encode_prompts(folder.tokenizer, folder.text_encoder,
+                                         ["a red circle on a white background"]), emb, atol=1e-5)
+    cn = load_controlnet(os.path.join(d, EXPORT["controlnet"]))
+    check_controlnet_matches_unet(cn, bb.unet)
+    ad = load_motion_adapter(os.path.join(d, EXPORT["motion"]))
+    mu = build_motion_unet(bb.unet, ad)
+    x = torch.randn(1, 4, 4, 16, 16)
+    assert mu(x, 10, encoder_hidden_states=emb.repeat(4, 1, 1)).sample.shape == x.shape
+    u3 = load_t2v_unet(os.path.join(d, EXPORT["t2v"]))
+    assert u3(x, 10, encoder_hidden_states=emb).sample.shape == x.shape
+
+
+def test_edit_pipeline_runs_on_the_exports(trained):
+    from fdd.models.controlnet import load_controlnet
+    from fdd.models.motion import load_motion_adapter
+    from fdd.models.sd1 import load_sd1
+    from fdd.pipelines import VideoEditStack
+    from fdd.pipelines.plug_and_play import PlugAndPlayConfig, plug_and_play_edit
+    from fdd.toy import random_scene, render_clip
+
+    out, _ = trained
+    d = os.path.join(out, "export")
+    bb = load_sd1(os.path.join(d, EXPORT["backbone"]), tokenizer=os.path.join(d, EXPORT["tokenizer"]))
+    stack = VideoEditStack(bb, controlnet=load_controlnet(os.path.join(d, EXPORT["controlnet"])),
+                           motion_adapter=load_motion_adapter(os.path.join(d, EXPORT["motion"])))
+    clip = torch.from_numpy(render_clip(random_scene(np.random.default_rng(0)), 4))
+    res = plug_and_play_edit(stack, clip, "make the circle blue", "a blue circle on a white background",
+                             PlugAndPlayConfig(steps=2))
+    assert res.shape == clip.shape and torch.isfinite(res).all()
+
+
+def test_cli_train_text(tmp_path):
+    from fdd.toy.__main__ import main
+
+    assert main(["train", "text", "--out", str(tmp_path)]) == 0
+    assert os.path.isfile(tmp_path / "text" / "whitening.json")
+    assert main(["dataset", "--out", str(tmp_path / "ds"), "--items", "2"]) == 0
+
+
+def test_resume_is_exact(tmp_path):
+    """Two steps straight == one step, stop, resume for the second (same batches, same noise)."""
+    from fdd.toy.train import train_vae
+
+    for d in ("a", "b"):
+        train("text", str(tmp_path / d), _cfg())
+    train_vae(str(tmp_path / "a"), _cfg(steps=2, eval_every=0))
+    train_vae(str(tmp_path / "b"), _cfg(steps=1, eval_every=0))
+    train_vae(str(tmp_path / "b"), _cfg(steps=2, eval_every=0))
+    a = torch.load(tmp_path / "a" / "vae" / "state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "vae" / "state.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
