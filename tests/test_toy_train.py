@@ -74,7 +74,7 @@ def test_every_trainer_runs_logs_and_changes_weights(trained):
         lines = _lines(os.path.join(out, name, "log.jsonl"))
         assert [r["step"] for r in lines if "loss" in r] == [1, 2]
         assert any("eval" in r for r in lines), name
-        st = torch.load(os.path.join(out, name, "state.pt"), weights_only=False)
+        st = torch.load(os.path.join(out, name, "state.pt"), weights_only=True)
         assert st["step"] == 2
     assert 0 <= res["unet"]["eval"]["all_correct"] <= 1
     assert "edit_accuracy" in res["controlnet"]["eval"]
@@ -83,10 +83,10 @@ def test_every_trainer_runs_logs_and_changes_weights(trained):
     from fdd.toy.train import Toolkit, make_motion_adapter
 
     kit = Toolkit(out)
-    st = torch.load(os.path.join(out, "motion", "state.pt"), weights_only=False)["model"]
+    st = torch.load(os.path.join(out, "motion", "state.pt"), weights_only=True)["model"]
     assert torch.equal(st["conv_in.weight"], kit.unet.conv_in.weight)
     ad = make_motion_adapter(4)
-    fin = torch.load(os.path.join(out, "motion", "final.pt"), weights_only=False)
+    fin = torch.load(os.path.join(out, "motion", "final.pt"), weights_only=True)
     assert any(not torch.equal(fin[k], v) for k, v in ad.state_dict().items() if "proj_out" not in k)
 
 
@@ -106,12 +106,12 @@ def test_resume_continues(trained, tmp_path):
     out, _ = trained
     work = tmp_path / "w"
     shutil.copytree(out, work)
-    before = torch.load(work / "unet" / "state.pt", weights_only=False)
+    before = torch.load(work / "unet" / "state.pt", weights_only=True)
     res = train("unet", str(work), _cfg(steps=3, eval_every=0))
     assert res["step"] == 3
     steps = [r["step"] for r in _lines(work / "unet" / "log.jsonl")]
     assert steps.count(3) >= 1 and steps.count(1) == 1  # continued, did not restart
-    after = torch.load(work / "unet" / "state.pt", weights_only=False)
+    after = torch.load(work / "unet" / "state.pt", weights_only=True)
     k = "conv_in.weight"
     assert not torch.equal(before["model"][k], after["model"][k])
 
@@ -182,6 +182,6 @@ def test_resume_is_exact(tmp_path):
     train_vae(str(tmp_path / "a"), _cfg(steps=2, eval_every=0))
     train_vae(str(tmp_path / "b"), _cfg(steps=1, eval_every=0))
     train_vae(str(tmp_path / "b"), _cfg(steps=2, eval_every=0))
-    a = torch.load(tmp_path / "a" / "vae" / "state.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "vae" / "state.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "a" / "vae" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "vae" / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -408,7 +408,7 @@ def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, pa
     shadow = _EMA(model, cfg.ema) if ema and cfg.ema > 0 else None
     step, elapsed = 0, 0.0
     if os.path.isfile(state_path):
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         if shadow is not None and st.get("ema") is not None:
@@ -510,27 +510,29 @@ class Toolkit:
     @property
     def te(self):
         if not hasattr(self, "_te"):
-            st = torch.load(os.path.join(self.out, "text", "text_encoder.pt"), weights_only=False)
+            st = torch.load(os.path.join(self.out, "text", "text_encoder.pt"), weights_only=True)
             te = make_text_encoder(st["vocab_size"], 0)
             te.load_state_dict(st["model"])
             self._te = te.eval().requires_grad_(False)
         return self._te
 
+    def _frozen(self, name: str, factory):
+        """The trained component ``name`` (built by ``factory``, final weights loaded, frozen),
+        loaded once."""
+        attr = f"_{name}"
+        if not hasattr(self, attr):
+            module = factory(0)
+            module.load_state_dict(_final_weights(self.out, name))
+            setattr(self, attr, module.eval().requires_grad_(False))
+        return getattr(self, attr)
+
     @property
     def vae(self):
-        if not hasattr(self, "_vae"):
-            vae = make_vae(0)
-            vae.load_state_dict(_final_weights(self.out, "vae"))
-            self._vae = vae.eval().requires_grad_(False)
-        return self._vae
+        return self._frozen("vae", make_vae)
 
     @property
     def unet(self):
-        if not hasattr(self, "_unet"):
-            unet = make_unet(0)
-            unet.load_state_dict(_final_weights(self.out, "unet"))
-            self._unet = unet.eval().requires_grad_(False)
-        return self._unet
+        return self._frozen("unet", make_unet)
 
     def emb(self, prompts) -> torch.Tensor:
         miss = [p for p in dict.fromkeys(prompts) if p not in self._cache]
@@ -552,7 +554,7 @@ class Toolkit:
 
 def _final_weights(out: str, name: str) -> dict:
     """The component's trained weights (EMA when it had one)."""
-    st = torch.load(os.path.join(out, name, "final.pt"), map_location="cpu", weights_only=False)
+    st = torch.load(os.path.join(out, name, "final.pt"), map_location="cpu", weights_only=True)
     return st
 
 
