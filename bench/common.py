@@ -281,3 +281,44 @@ class CallCounter:
         for obj, attr in self.targets.values():
             object.__delattr__(obj, attr)  # the class method shows through again
         return False
+
+
+def write_text_atomic(path: str, text: str) -> str:
+    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def json_safe(obj):
+    """NaN / inf -> None (strict JSON), recursively."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test over the non-tied pairs of a paired comparison (1.0 when
+    there are none): P(a split at least this uneven | no effect)."""
+    import math
+
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    return float(min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n))

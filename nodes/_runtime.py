@@ -33,10 +33,16 @@ PACK_FOLDERS = {
 }
 
 
+#: the toy-world models shipped inside the pack (python -m fdd.toy ship): one sub-folder per
+#: ComfyUI model category, appended AFTER the user's own folders of that category
+SHIPPED_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "toy")
+
+
 def register_model_folders() -> None:
     """Register the pack's model folders under ComfyUI's models dir (``animatediff_models``, the
-    AnimateDiff convention, and ``fdd_ei2``), keeping any paths extra_model_paths.yaml gave them,
-    so the loader nodes list their files."""
+    AnimateDiff convention, and ``fdd_ei2``...), keeping any paths extra_model_paths.yaml gave
+    them, and append the shipped toy models' category folders, so the loader nodes list their
+    files with no download."""
     for name, exts in PACK_FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:
@@ -46,6 +52,27 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[name] = (paths, set(old_exts) | set(exts))
         else:
             folder_paths.folder_names_and_paths[name] = ([default], set(exts))
+    if os.path.isdir(SHIPPED_MODELS):
+        for category in sorted(os.listdir(SHIPPED_MODELS)):
+            path = os.path.join(SHIPPED_MODELS, category)
+            if os.path.isdir(path) and category in folder_paths.folder_names_and_paths \
+                    and path not in folder_paths.get_folder_paths(category):
+                folder_paths.add_model_folder_path(category, path)
+
+
+def save_output_json(text: str, prefix: str) -> str:
+    """Write ``text`` as ``prefix_NNNNN_.json`` in ComfyUI's output folder, atomically; returns
+    the name relative to the output folder."""
+    out_dir = folder_paths.get_output_directory()
+    folder, fname, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
+    name = f"{fname}_{counter:05}_.json"
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return os.path.join(subfolder, name)
 
 
 def list_files(folder: str) -> list[str]:

@@ -10,7 +10,7 @@ from comfy_api.v0_0_2 import io
 from ..fdd.models.controlnet import load_controlnet
 from ..fdd.models.lora import read_lora
 from ..fdd.models.motion import load_motion_adapter
-from ..fdd.models.sd1 import load_sd1
+from ..fdd.models.sd1 import companion_tokenizer, load_sd1
 from ..fdd.models.t2v import load_t2v_unet
 from . import _runtime as rt
 from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, T2VUNet, VideoAdapter
@@ -65,7 +65,9 @@ class LoadBackbone(io.ComfyNode):
                 io.Combo.Input("ckpt_name", options=options,
                                tooltip="An SD 1.x single-file checkpoint from models/checkpoints "
                                        "(.safetensors, or a weights-only .ckpt), or a diffusers "
-                                       "pipeline folder from models/diffusers (listed as 'diffusers/NAME')."),
+                                       "pipeline folder from models/diffusers (listed as 'diffusers/NAME'). "
+                                       "Single files use ComfyUI's SD 1.x tokenizer unless a folder "
+                                       "NAME_tokenizer/ sits beside NAME.safetensors (the toy backbone ships one)."),
             ],
             outputs=[Backbone.Output(display_name="backbone")],
         )
@@ -77,9 +79,10 @@ class LoadBackbone(io.ComfyNode):
         else:
             path = rt.resolve_file("checkpoints", ckpt_name, "ckpt_name")
         tok = rt.comfy_sd1_tokenizer_dir()
+        own_tokenizer = os.path.isdir(path) or companion_tokenizer(path) is not None
 
         def load():
-            bb = load_sd1(path, tokenizer=None if os.path.isdir(path) else tok)
+            bb = load_sd1(path, tokenizer=None if own_tokenizer else tok)
             if bb.tokenizer is None:
                 from transformers import CLIPTokenizer
 

@@ -58,22 +58,6 @@ def _load(kind: str, name: str, input_name: str):
         raise ValueError(f"{input_name}: {exc}") from exc
 
 
-def _save_json(text: str, prefix: str) -> str:
-    """Write the metrics JSON into ComfyUI's output folder, atomically; returns the file name."""
-    import folder_paths
-
-    out_dir = folder_paths.get_output_directory()
-    folder, fname, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
-    name = f"{fname}_{counter:05}_.json"
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return os.path.join(subfolder, name)
-
-
 class VideoEditMetrics(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -152,7 +136,7 @@ class VideoEditMetrics(io.ComfyNode):
         res["frames"] = {"input": int(inp.shape[0]), "output": int(out.shape[0])}
         text = json.dumps(res, indent=1)
         if filename_prefix.strip():
-            res_file = _save_json(text, filename_prefix.strip())
+            res_file = rt.save_output_json(text, filename_prefix.strip())
             text = json.dumps({**res, "file": res_file}, indent=1)
         grid = comparison_grid(inp, out, max_columns=grid_columns)
         return io.NodeOutput(text, grid, ui={"text": [text]})

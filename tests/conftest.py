@@ -62,3 +62,15 @@ def comfy_pack(models_tree):
     nodes = asyncio.run(ext.get_node_list())
     folder_paths.add_model_folder_path("animatediff_models", os.path.dirname(models_tree["motion"]))
     return {n.GET_SCHEMA().node_id: n for n in nodes}
+
+
+@pytest.fixture(scope="session")
+def toy_untrained(tmp_path_factory):
+    """An untrained toy run (random weights in the toy architectures, real exports):
+    ``fdd.testing.toy_run.write_untrained_toy_run``; returns the run folder (exports in
+    ``<run>/export``)."""
+    from fdd.testing.toy_run import write_untrained_toy_run
+
+    run = tmp_path_factory.mktemp("toy_untrained")
+    write_untrained_toy_run(run)
+    return str(run)

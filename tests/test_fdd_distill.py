@@ -419,12 +419,15 @@ def test_edit_plus_lora_combination_trains_and_exports(models_tree, fdd_tree, lo
 
 
 def test_ablation_switches(models_tree, fdd_tree, loaded, tmp_path):
+    with pytest.raises(ValueError, match="iterations_sds: with use_sds off"):
+        _trainer(models_tree, fdd_tree, loaded, tmp_path / "x", use_sds=False)
     tr = _trainer(models_tree, fdd_tree, loaded, tmp_path / "a", timestep_sampling="uniform", use_sds=False,
-                  k_steps=3)
+                  k_steps=3, iterations_sds=0, iterations_adv=2)
     tr.train()
     assert [h["timesteps"] for h in tr.history] == [[667, 334, 1]] * 2
-    assert tr.history[0]["loss_g"] == 0.0 and tr.history[1]["loss_g"] == pytest.approx(
-        0.5 * tr.history[1]["g_edit"] + 0.5 * tr.history[1]["g_video"])
+    assert [h["phase"] for h in tr.history] == [2, 2]
+    for h in tr.history:  # adversarial only: the generator loss is the two hinge terms
+        assert h["loss_g"] == pytest.approx(0.5 * h["g_edit"] + 0.5 * h["g_video"])
     tr = _trainer(models_tree, fdd_tree, loaded, tmp_path / "b", use_discriminators=False)
     tr.train()
     assert all("loss_d" not in h for h in tr.history)

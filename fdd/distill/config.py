@@ -144,6 +144,12 @@ class FDDConfig:
             bad("k_steps", f"expected >= 1, got {self.k_steps}")
         if self.iterations_sds < 0 or self.iterations_adv < 0:
             bad("iterations_sds", "iteration counts must be >= 0")
+        if not self.use_sds and self.iterations_sds > 0:
+            bad("iterations_sds", f"with use_sds off the SDS-only phase has no loss and would waste "
+                                  f"{self.iterations_sds} iterations; set iterations_sds to 0 (the 'w/o SDS' "
+                                  "ablation trains adversarially from the first iteration)")
+        if not self.use_sds and not self.use_discriminators:
+            bad("use_sds", "use_sds and use_discriminators are both off: nothing to train")
         if self.global_batch < 1 or self.micro_batch < 1:
             bad("global_batch", "global_batch and micro_batch must be >= 1")
         if self.num_frames < 1 or self.frame_stride < 1:

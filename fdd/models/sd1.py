@@ -403,13 +403,26 @@ def _marker(keys, *prefixes) -> str:
 # public loaders
 
 
+def companion_tokenizer(path: str | os.PathLike) -> str | None:
+    """The tokenizer folder shipped beside a single-file checkpoint, if any: ``NAME_tokenizer/``
+    next to ``NAME.safetensors`` / ``NAME.ckpt`` holding ``vocab.json``. Single files carry no
+    tokenizer; a model whose text encoder was trained with its own vocabulary (the toy
+    backbone) ships it this way, and the loaders prefer it to a default SD 1.x tokenizer."""
+    path = os.fspath(path)
+    folder = os.path.splitext(path)[0] + "_tokenizer"
+    return folder if os.path.isfile(os.path.join(folder, "vocab.json")) else None
+
+
 def load_sd1_checkpoint(path: str | os.PathLike, tokenizer=None, dtype: torch.dtype = torch.float32) -> SD1Backbone:
     """Load an SD 1.x LDM single file (``.safetensors``, or weights-only ``.ckpt``).
 
     Configs of all three parts are inferred from the weights (see ``infer_*_config``), keys
     are converted with ``diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint`` /
     ``convert_ldm_vae_checkpoint`` / ``convert_ldm_clip_checkpoint`` and loaded strictly.
-    ``tokenizer`` is None, a tokenizer folder, or a tokenizer object."""
+    ``tokenizer`` is None, a tokenizer folder, or a tokenizer object; None picks up a
+    :func:`companion_tokenizer` folder beside the file when there is one."""
+    if tokenizer is None:
+        tokenizer = companion_tokenizer(path)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)

@@ -1,5 +1,7 @@
 """``python -m fdd.toy dataset --out DIR --items N``: write a toy-world dataset in the FDD format.
 
+``python -m fdd.toy ship --run DIR``: write a trained run as the pack's shipped models with cards.
+
 ``python -m fdd.toy train COMPONENT --out DIR [--minutes M] [--steps N] [--seed S]``: train one
 toy model (text, vae, unet, controlnet, motion, t2v) or ``all`` of them in order, exporting
 the real-format files under ``DIR/export/`` (see :mod:`fdd.toy.train`)."""
@@ -23,8 +25,9 @@ def main(argv=None) -> int:
     t.add_argument("component", help="text | vae | unet | controlnet | motion | t2v | all")
     t.add_argument("--out", required=True)
     t.add_argument("--minutes", type=float, default=None,
-                   help="training budget (default: the notes' budget per component)")
-    t.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+                   help="wall-clock cap in minutes (default: DEFAULT_MINUTES per component)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: DEFAULT_STEPS per component)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -32,18 +35,36 @@ def main(argv=None) -> int:
     t.add_argument("--eval-samples", type=int, default=None)
     t.add_argument("--ckpt-every", type=int, default=None)
     t.add_argument("--cfg-scale", type=float, default=None)
+    sh = sub.add_parser("ship", help="write a trained run as the shipped models tree with measured model cards")
+    sh.add_argument("--run", required=True, help="the training run folder (python -m fdd.toy train all --out RUN)")
+    sh.add_argument("--out", default=None, help="destination (default: the pack's models/toy)")
+    sh.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")
+    sh.add_argument("--n-image", type=int, default=256, help="samples per image-model evaluation")
+    sh.add_argument("--n-video", type=int, default=64, help="clips per video-model evaluation")
+    sh.add_argument("--cfg-scale", type=float, default=4.0)
     args = ap.parse_args(argv)
+    if args.cmd == "ship":
+        import torch
+
+        from .ship import SHIPPED_DIR, ship
+
+        cards = ship(args.run, args.out or SHIPPED_DIR, torch.float16 if args.dtype == "fp16" else torch.float32,
+                     args.n_image, args.n_video, args.cfg_scale)
+        print(json.dumps({"floors_met": cards["floors_met"], "total_bytes": cards["total_bytes"],
+                          "quality": {k: v["quality"] for k, v in cards["models"].items()}}, default=str))
+        return 0
     if args.cmd == "dataset":
         from .dataset import write_toy_dataset
 
         print(write_toy_dataset(args.out, args.items, args.frames, args.size, args.seed))
         return 0
-    from .train import COMPONENTS, DEFAULT_MINUTES, DEFAULT_SETTINGS, TrainConfig, train
+    from .train import COMPONENTS, DEFAULT_MINUTES, DEFAULT_SETTINGS, DEFAULT_STEPS, TrainConfig, train
 
     names = list(COMPONENTS) if args.component == "all" else [args.component]
     for name in names:
         cfg = TrainConfig(seed=args.seed, minutes=args.minutes if args.minutes is not None else DEFAULT_MINUTES[name],
-                          steps=args.steps, **DEFAULT_SETTINGS.get(name, {}))
+                          steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
+                          **DEFAULT_SETTINGS.get(name, {}))
         for k in ("batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))

@@ -176,7 +176,9 @@ def score_clip(output: np.ndarray, edit: Edit, input_frames: Optional[np.ndarray
 
     - ``attribute_accuracy``: fraction of frames whose reading equals the target scene's
       (background + every object's shape / colour / texture / style);
-    - ``edit_accuracy``: fraction of frames where the instructed change is present;
+    - ``edit_accuracy``: fraction of frames where the instructed change is present (for
+      Local / Texture / Style / Add the edited object must read with the target's colour AND
+      shape, so stray target-coloured noise does not count);
     - ``preservation``: fraction of frames where what the edit should not touch is kept
       (the source object's shape / colour / texture / style unless edited, the background
       unless edited, centroid within 1 px of the input frame's);
@@ -194,7 +196,7 @@ def score_clip(output: np.ndarray, edit: Edit, input_frames: Optional[np.ndarray
         got, want, inp = outs[i], targets[i], ins[i]
         attr += reading_matches(got, want)
         edit_ok += _edit_present(edit, got, want)
-        keep += _preserved(edit, got, inp, src_obj.colour)
+        keep += _preserved(edit, got, inp, src_obj.colour, _centroid_shift(edit, i))
     return {"attribute_accuracy": attr / n, "edit_accuracy": edit_ok / n, "preservation": keep / n,
             **temporal}
 
@@ -213,11 +215,12 @@ def _edit_present(edit: Edit, got: FrameReading, want: FrameReading) -> bool:
         return g is not None and g.shape == added.shape
     w = want.objects[0]
     g = got.find(w.colour)
-    if g is None:
+    # the object must be there with the target's shape: a stray patch of the target colour
+    # (noise) is not an edit
+    if g is None or g.shape != w.shape:
         return False
     if t == "Local":
-        src = edit.source.objects[0]
-        return g.shape == w.shape if src.shape != w.shape else True
+        return True
     if t == "Texture":
         return g.texture == "stripes"
     if t == "Style":
@@ -225,7 +228,19 @@ def _edit_present(edit: Edit, got: FrameReading, want: FrameReading) -> bool:
     raise ValueError(f"task: unknown {t!r}")
 
 
-def _preserved(edit: Edit, got: FrameReading, inp: FrameReading, src_colour: str) -> bool:
+def _centroid_shift(edit: Edit, frame: int) -> tuple[float, float]:
+    """Where the edit itself moves the first object's centroid on ``frame`` (a shape change
+    moves it: a triangle's centroid sits r/3 below its centre), so preservation measures the
+    drift beyond the instructed change."""
+    src = expected_reading(edit.source.at(frame))
+    tgt = expected_reading(edit.target.at(frame), edit.inverted)
+    if not src.objects or not tgt.objects:
+        return 0.0, 0.0
+    return tgt.objects[0].cx - src.objects[0].cx, tgt.objects[0].cy - src.objects[0].cy
+
+
+def _preserved(edit: Edit, got: FrameReading, inp: FrameReading, src_colour: str,
+               shift: tuple[float, float] = (0.0, 0.0)) -> bool:
     t = edit.task
     if t not in ("Background", "Global") and got.background != inp.background:
         return False
@@ -244,4 +259,4 @@ def _preserved(edit: Edit, got: FrameReading, inp: FrameReading, src_colour: str
     keep = {"shape": g.shape == src.shape or (t == "Local" and tgt.shape != edit.source.objects[0].shape),
             "texture": g.texture == src.texture or t == "Texture",
             "style": g.style == src.style or t == "Style"}
-    return all(keep.values()) and np.hypot(g.cx - src.cx, g.cy - src.cy) <= 1.0
+    return all(keep.values()) and np.hypot(g.cx - src.cx - shift[0], g.cy - src.cy - shift[1]) <= 1.0

@@ -87,8 +87,12 @@ from .world import (
 )
 
 COMPONENTS = ("text", "vae", "unet", "controlnet", "motion", "t2v")
-#: minutes per component for ``train all`` (toy-world-notes.md "Suggested budget")
-DEFAULT_MINUTES = {"text": 0.0, "vae": 8.0, "unet": 22.0, "controlnet": 10.0, "motion": 15.0, "t2v": 15.0}
+#: steps per component for the CLI: the notes' minute budgets (toy-world-notes.md "Suggested
+#: budget") turned into step counts at the measured s/step on 2 cores, so a run is the same on a
+#: slower or busier machine (VAE 8 min, UNet ~25, ControlNet 10, motion 15, T2V 15)
+DEFAULT_STEPS = {"text": 0, "vae": 1100, "unet": 3500, "controlnet": 1300, "motion": 900, "t2v": 700}
+#: wall-clock cap in minutes per component for the CLI (a safety stop, ~3x the expected time)
+DEFAULT_MINUTES = {"text": 0.0, "vae": 25.0, "unet": 75.0, "controlnet": 30.0, "motion": 45.0, "t2v": 45.0}
 #: per-component settings for the CLI (video evaluations cost ~2 s per sampled clip on 2 cores)
 DEFAULT_SETTINGS = {"vae": {"eval_every": 200}, "unet": {"eval_every": 300},
                     "controlnet": {"eval_every": 200},
@@ -839,78 +843,85 @@ def _export_dir(out: str) -> str:
     return d
 
 
-def export_backbone(out: str, dtype: torch.dtype = torch.float32) -> str:
-    """LDM single file (UNet + VAE + text encoder) + ``export/tokenizer/``; load it with
-    ``fdd.models.sd1.load_sd1(path, tokenizer=export/tokenizer)``."""
+def _dest(out: str, dest: str | None, name: str) -> str:
+    if dest is None:
+        return os.path.join(_export_dir(out), name)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    return dest
+
+
+def export_backbone(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
+    """LDM single file (UNet + VAE + text encoder) at ``dest`` (default ``export/toy_sd1.safetensors``,
+    beside ``export/tokenizer/``); load it with ``fdd.models.sd1.load_sd1(path, tokenizer=...)``
+    or ship the tokenizer as ``NAME_tokenizer/`` beside it (:func:`fdd.models.sd1.companion_tokenizer`)."""
     from fdd.testing.ldm_formats import save_ldm_sd1_checkpoint
 
     kit = Toolkit(out)
-    d = _export_dir(out)
-    return save_ldm_sd1_checkpoint(os.path.join(d, EXPORT["backbone"]), kit.unet, kit.vae, kit.te, dtype=dtype)
+    return save_ldm_sd1_checkpoint(_dest(out, dest, EXPORT["backbone"]), kit.unet, kit.vae, kit.te, dtype=dtype)
 
 
-def export_backbone_diffusers(out: str) -> str:
-    """The same backbone as a diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
-    ``tokenizer/``): ``load_sd1(folder)`` takes the tokenizer from it, and so does the
-    pack's ComfyUI backbone node for ``diffusers/`` entries (for single files it uses
-    ComfyUI's SD 1.x tokenizer, whose ids do not fit the toy encoder)."""
+def _write_pipeline_folder(d: str, parts: dict, class_name: str, out: str, dtype: torch.dtype) -> str:
+    """A diffusers pipeline-style folder ``d`` (``parts``: subfolder -> module, plus the toy
+    ``tokenizer/`` and ``model_index.json``), staged and renamed into place."""
     import shutil
 
-    kit = Toolkit(out)
-    d = os.path.join(_export_dir(out), EXPORT["backbone_diffusers"])
     stage = d + ".partial"
     shutil.rmtree(stage, ignore_errors=True)
-    kit.unet.save_pretrained(os.path.join(stage, "unet"))
-    kit.vae.save_pretrained(os.path.join(stage, "vae"))
-    kit.te.save_pretrained(os.path.join(stage, "text_encoder"))
+    from diffusers.utils import logging as dlog
+
+    quiet = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # a .to(fp16) copy warns that no module is kept in fp32 (none is)
+    try:
+        for sub, module in parts.items():
+            m = module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
+            m.save_pretrained(os.path.join(stage, sub))
+    finally:
+        dlog.set_verbosity(quiet)
     shutil.copytree(os.path.join(out, "text", "tokenizer"), os.path.join(stage, "tokenizer"))
+    index = {"_class_name": class_name, "tokenizer": ["transformers", "CLIPTokenizer"]}
+    for sub, module in parts.items():
+        index[sub] = ["transformers" if sub == "text_encoder" else "diffusers", type(module).__name__]
     with open(os.path.join(stage, "model_index.json"), "w") as fh:
-        json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                   "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-                   "tokenizer": ["transformers", "CLIPTokenizer"]}, fh)
+        json.dump(index, fh)
     shutil.rmtree(d, ignore_errors=True)
     os.replace(stage, d)
     return d
 
 
-def export_controlnet(out: str, dtype: torch.dtype = torch.float32) -> str:
+def export_backbone_diffusers(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
+    """The same backbone as a diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
+    ``tokenizer/``): ``load_sd1(folder)`` takes the tokenizer from it."""
+    kit = Toolkit(out)
+    return _write_pipeline_folder(_dest(out, dest, EXPORT["backbone_diffusers"]),
+                                  {"unet": kit.unet, "vae": kit.vae, "text_encoder": kit.te},
+                                  "StableDiffusionPipeline", out, dtype)
+
+
+def export_controlnet(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
     from fdd.testing.ldm_formats import save_ldm_controlnet
 
     cn = make_controlnet(make_unet(0))
     cn.load_state_dict(_final_weights(out, "controlnet"))
-    return save_ldm_controlnet(os.path.join(_export_dir(out), EXPORT["controlnet"]), cn, dtype=dtype)
+    return save_ldm_controlnet(_dest(out, dest, EXPORT["controlnet"]), cn, dtype=dtype)
 
 
-def export_motion(out: str) -> str:
+def export_motion(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
     from fdd.testing.motion_formats import save_animatediff_original
 
     ad = make_motion_adapter(0)
     ad.load_state_dict(_final_weights(out, "motion"))
-    return save_animatediff_original(os.path.join(_export_dir(out), EXPORT["motion"]), ad)
+    return save_animatediff_original(_dest(out, dest, EXPORT["motion"]), ad.to(dtype))
 
 
-def export_t2v(out: str) -> str:
+def export_t2v(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
     """A diffusers pipeline-style folder: ``unet/`` (what load_t2v_unet reads), ``vae/``,
     ``text_encoder/``, ``tokenizer/`` (what the ASSD node uses beside it)."""
-    import shutil
-
     kit = Toolkit(out)
-    d = os.path.join(_export_dir(out), EXPORT["t2v"])
-    stage = d + ".partial"
-    shutil.rmtree(stage, ignore_errors=True)
     u3 = make_unet3d(0)
     u3.load_state_dict(_final_weights(out, "t2v"))
-    u3.save_pretrained(os.path.join(stage, "unet"))
-    kit.vae.save_pretrained(os.path.join(stage, "vae"))
-    kit.te.save_pretrained(os.path.join(stage, "text_encoder"))
-    shutil.copytree(os.path.join(out, "text", "tokenizer"), os.path.join(stage, "tokenizer"))
-    with open(os.path.join(stage, "model_index.json"), "w") as fh:
-        json.dump({"_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"],
-                   "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-                   "tokenizer": ["transformers", "CLIPTokenizer"]}, fh)
-    shutil.rmtree(d, ignore_errors=True)
-    os.replace(stage, d)
-    return d
+    return _write_pipeline_folder(_dest(out, dest, EXPORT["t2v"]),
+                                  {"unet": u3, "vae": kit.vae, "text_encoder": kit.te},
+                                  "TextToVideoSDPipeline", out, dtype)
 
 
 TRAINERS = {"text": train_text, "vae": train_vae, "unet": train_unet, "controlnet": train_controlnet,

@@ -243,3 +243,24 @@ def make_edit(scene: Scene, task: str, rng: np.random.Generator, frames: int = 8
     if task == "Global":
         return Edit(task, "invert the colours", scene, scene, inverted=True)
     raise ValueError(f"task: unknown {task!r}; expected one of {TASKS}")
+
+
+def seeded_edit(seed: int, task: str = "random", size: int = 32, frames: int = 8, shape: str | None = None,
+                colour: str | None = None, background: str | None = None) -> Edit:
+    """One reproducible edit: a random scene from ``seed`` with the given attributes pinned
+    (None: random), and a random edit of ``task`` ("random": one of TASKS) drawn from the same
+    generator. The scene's motion and size do not depend on the pinned attributes."""
+    for name, value, allowed in (("shape", shape, SHAPES), ("colour", colour, BASE_COLOURS),
+                                 ("background", background, tuple(BACKGROUNDS))):
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name}: expected one of {allowed} (or random), got {value!r}")
+    if task != "random" and task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS} or 'random', got {task!r}")
+    rng = np.random.default_rng(seed)
+    scene = random_scene(rng, size, frames)
+    o = scene.objects[0]
+    o = replace(o, shape=shape or o.shape, colour=colour or o.colour)
+    scene = replace(scene, background=background or scene.background, objects=(o,))
+    if task == "random":
+        task = TASKS[int(rng.integers(len(TASKS)))]
+    return make_edit(scene, task, rng, frames)

@@ -1,0 +1,226 @@
+"""Ship a trained toy run as the pack's embedded default models, with measured model cards.
+
+    python -m fdd.toy ship --run toy_run [--out models/toy] [--dtype fp16]
+
+Layout written (ComfyUI model-folder categories, so the pack can register each sub-folder
+with ComfyUI and the loader nodes list the files without any download):
+
+| file | what | loads with |
+|---|---|---|
+| ``checkpoints/toy_sd1.safetensors`` + ``checkpoints/toy_sd1_tokenizer/`` | T2I backbone (LDM single file) and its word-level tokenizer | ``fdd.models.sd1.load_sd1`` (finds the tokenizer beside the file) |
+| ``controlnet/toy_controlnet_edit.safetensors`` | edit adapter (EVE phase 1) | ``fdd.models.controlnet.load_controlnet`` |
+| ``animatediff_models/toy_motion_module.safetensors`` | video adapter (AnimateDiff original keys) | ``fdd.models.motion.load_motion_adapter`` |
+| ``diffusers/toy_t2v/`` | UNet3D text-to-video prior with its VAE / text encoder / tokenizer | ``fdd.models.t2v.load_t2v_unet`` |
+| ``cards.json``, ``README.md`` | model cards: command, seed, steps, minutes, measured quality, floors | |
+
+The cards' quality figures are measured on the SHIPPED files (after the dtype cast), loaded
+through the pack's own loaders, with :mod:`fdd.toy.train`'s evaluators on fixed seeds; the fp32
+figures of the image models are measured beside them so the cast's cost is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import replace
+
+import torch
+
+from . import train as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIPPED_DIR = os.path.join(ROOT, "models", "toy")
+LAYOUT = {"backbone": "checkpoints/toy_sd1.safetensors", "tokenizer": "checkpoints/toy_sd1_tokenizer",
+          "controlnet": "controlnet/toy_controlnet_edit.safetensors",
+          "motion": "animatediff_models/toy_motion_module.safetensors", "t2v": "diffusers/toy_t2v"}
+#: ComfyUI model-folder categories the shipped tree fills (registered by nodes/_runtime.py)
+CATEGORIES = ("checkpoints", "controlnet", "animatediff_models", "diffusers", "loras")
+#: issue 7's quality floors
+FLOORS = {"backbone": {"all_correct": 0.85}, "controlnet": {"edit_accuracy": 0.80, "preservation": 0.90},
+          "motion": {"attributes_constant": 0.90, "path_residual_px_median": 1.0}}
+
+
+def toy_paths(root: str | os.PathLike | None = None) -> dict[str, str]:
+    """Paths of the toy model files under ``root``: the shipped tree (default
+    :data:`SHIPPED_DIR`), a training run folder (``<run>/export``) or an export folder."""
+    root = os.fspath(root or SHIPPED_DIR)
+    if os.path.isdir(os.path.join(root, "checkpoints")):
+        return {k: os.path.join(root, v) for k, v in LAYOUT.items()}
+    exp = os.path.join(root, "export") if os.path.isdir(os.path.join(root, "export")) else root
+    if not os.path.isfile(os.path.join(exp, T.EXPORT["backbone"])):
+        raise FileNotFoundError(f"toy models: {root!r} is neither a shipped toy tree (checkpoints/, controlnet/, "
+                                f"...) nor a toy training run / export folder (with {T.EXPORT['backbone']})")
+    return {k: os.path.join(exp, T.EXPORT[k]) for k in ("backbone", "tokenizer", "controlnet", "motion", "t2v")}
+
+
+class LoadedKit(T.Toolkit):
+    """A :class:`fdd.toy.train.Toolkit` over already loaded modules (not a run folder)."""
+
+    def __init__(self, tokenizer, text_encoder, vae, unet=None):
+        super().__init__(out="")
+        self._tok, self._te, self._vae = tokenizer, text_encoder.eval(), vae.eval()
+        if unet is not None:
+            self._unet = unet.eval()
+
+
+def load_backbone_kit(paths: dict) -> LoadedKit:
+    from fdd.models.sd1 import load_sd1
+
+    bb = load_sd1(paths["backbone"], tokenizer=paths["tokenizer"])
+    for m in (bb.unet, bb.vae, bb.text_encoder):
+        m.requires_grad_(False)
+    return LoadedKit(bb.tokenizer, bb.text_encoder, bb.vae, bb.unet)
+
+
+def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float = 4.0,
+            components=("backbone", "controlnet", "motion", "t2v")) -> dict:
+    """Evaluator scores of the model files in ``paths`` (see the module doc)."""
+    from fdd.models.controlnet import load_controlnet
+    from fdd.models.motion import build_motion_unet, load_motion_adapter
+    from fdd.models.t2v import load_t2v_unet
+
+    kit = load_backbone_kit(paths)
+    cfg = T.TrainConfig(eval_samples=n_image, cfg_scale=cfg_scale)
+    vcfg = replace(cfg, eval_samples=n_video)
+    res: dict = {}
+    with torch.no_grad():
+        if "backbone" in components:
+            res["backbone"] = T.eval_t2i(kit, kit.unet, cfg)
+        if "controlnet" in components:
+            cn = load_controlnet(paths["controlnet"]).eval()
+            res["controlnet"] = T.eval_edit(kit, cn, cfg)
+        if "motion" in components:
+            mu = build_motion_unet(kit.unet, load_motion_adapter(paths["motion"]), paths["motion"]).eval()
+
+            def motion(x, t, e):
+                return mu(x, t, encoder_hidden_states=e.repeat_interleave(x.shape[2], 0)).sample
+
+            res["motion"] = T.eval_video(kit, motion, vcfg)
+        if "t2v" in components:
+            from diffusers import AutoencoderKL
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            d = paths["t2v"]
+            u3 = load_t2v_unet(d).eval()
+            tkit = LoadedKit(CLIPTokenizer.from_pretrained(os.path.join(d, "tokenizer"), local_files_only=True),
+                             CLIPTextModel.from_pretrained(os.path.join(d, "text_encoder"),
+                                                           local_files_only=True).float(),
+                             AutoencoderKL.from_pretrained(os.path.join(d, "vae"), local_files_only=True).float())
+            res["t2v"] = T.eval_video(tkit, lambda x, t, e: u3(x, t, encoder_hidden_states=e).sample, vcfg)
+    return res
+
+
+def floors_met(scores: dict) -> dict[str, bool]:
+    out = {}
+    for comp, floor in FLOORS.items():
+        if comp not in scores:
+            continue
+        s = scores[comp]
+        out[comp] = all((s[k] <= v) if k.startswith("path_residual") else (s[k] >= v) for k, v in floor.items())
+    return out
+
+
+def _training_record(run: str, comp: str) -> dict:
+    p = os.path.join(run, comp, "result.json")
+    if not os.path.isfile(p):
+        return {}
+    with open(p) as fh:
+        r = json.load(fh)
+    return {"steps": r.get("step"), "train_minutes": round(float(r.get("elapsed_s") or 0) / 60, 2),
+            "seed": r.get("config", {}).get("seed"), "batch": r.get("config", {}).get("batch"),
+            "lr": r.get("config", {}).get("lr"), "last_training_eval": r.get("eval")}
+
+
+def _write_tree(run: str, stage: str, dtype: torch.dtype) -> dict[str, str]:
+    paths = {k: os.path.join(stage, v) for k, v in LAYOUT.items()}
+    T.export_backbone(run, dtype=dtype, dest=paths["backbone"])
+    shutil.copytree(os.path.join(run, "text", "tokenizer"), paths["tokenizer"])
+    T.export_controlnet(run, dtype=dtype, dest=paths["controlnet"])
+    T.export_motion(run, dtype=dtype, dest=paths["motion"])
+    os.makedirs(os.path.dirname(paths["t2v"]), exist_ok=True)
+    T.export_t2v(run, dtype=dtype, dest=paths["t2v"])
+    return paths
+
+
+def _fmt(v):
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_cards(folder: str, cards: dict) -> None:
+    with open(os.path.join(folder, "cards.json"), "w") as fh:
+        json.dump(cards, fh, indent=1, default=str)
+    lines = ["# Toy-world models (the pack's embedded default)", "",
+             "Trained on 2 CPU cores by `python -m fdd.toy train all` and shipped by `python -m fdd.toy ship`; "
+             "every figure below was measured on these files by `fdd.toy.ship.measure` "
+             f"(image models on {cards['settings']['n_image']} samples, video models on "
+             f"{cards['settings']['n_video']} clips, DDIM {cards['settings']['sample_steps']} steps, "
+             f"CFG {cards['settings']['cfg_scale']}). Not real-world models: 32x32 frames of one coloured "
+             "shape moving on a white or black background, captions from a 45-word vocabulary.", ""]
+    for comp, card in cards["models"].items():
+        lines += [f"## {comp}: `{card['file']}`", "", card["what"], "",
+                  f"- command: `{card['command']}`",
+                  f"- seed {card.get('seed')}, {card.get('steps')} steps, batch {card.get('batch')}, "
+                  f"lr {card.get('lr')}, {card.get('train_minutes')} training minutes (evaluations excluded)",
+                  f"- stored as {cards['settings']['dtype']}, {card['bytes'] / 1e6:.2f} MB"]
+        if card.get("quality"):
+            q = {k: v for k, v in card["quality"].items() if not isinstance(v, dict)}
+            lines.append("- quality (shipped file): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
+        if card.get("quality_fp32"):
+            q = {k: v for k, v in card["quality_fp32"].items() if not isinstance(v, dict)}
+            lines.append("- quality (fp32 before the cast): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
+        if comp in cards.get("floors_met", {}):
+            lines.append(f"- floor {FLOORS[comp]}: {'met' if cards['floors_met'][comp] else 'NOT met'}")
+        lines.append("")
+    with open(os.path.join(folder, "README.md"), "w") as fh:
+        fh.write("\n".join(lines))
+
+
+def _size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
+
+
+def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n_image: int = 256,
+         n_video: int = 64, cfg_scale: float = 4.0, compare_fp32: bool = True) -> dict:
+    """Write the shipped tree from ``run`` into ``out`` (staged, then renamed into place) and its
+    cards; returns the cards."""
+    t0 = time.time()
+    out = os.path.abspath(out)
+    stage = out + ".partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    paths = _write_tree(run, stage, dtype)
+    scores = measure(paths, n_image, n_video, cfg_scale)
+    fp32 = {}
+    if compare_fp32 and dtype != torch.float32:
+        fp32 = measure(toy_paths(run), n_image, n_video, cfg_scale, components=("backbone", "controlnet"))
+    what = {"backbone": "UNet2DConditionModel (32, 64) + AutoencoderKL (32, 64; 32x32 RGB -> 4x16x16) + frozen "
+                        "random CLIPTextModel (64 wide, 2 layers, whitened), one LDM single file; tokenizer beside it.",
+            "controlnet": "ControlNet from the backbone UNet, hint encoder (16, 32): input frame (0..1) + "
+                          "instruction to the adapter, output caption to the backbone (EVE phase 1).",
+            "motion": "AnimateDiff MotionAdapter (32, 64), no mid block, trained on 8-frame clips with the "
+                      "backbone frozen.",
+            "t2v": "UNet3DConditionModel (32, 64) text-to-video prior with the backbone's VAE and text encoder "
+                   "(diffusers folder)."}
+    train_name = {"backbone": "unet", "controlnet": "controlnet", "motion": "motion", "t2v": "t2v"}
+    models = {}
+    for comp in ("backbone", "controlnet", "motion", "t2v"):
+        rec = _training_record(run, train_name[comp])
+        models[comp] = {"file": LAYOUT[comp], "what": what[comp],
+                        "command": f"python -m fdd.toy train {train_name[comp]} --out RUN --seed {rec.get('seed', 0)}"
+                                   + (" (after text, vae)" if comp == "backbone" else " (after text, vae, unet)"),
+                        **rec, "bytes": _size(paths[comp]), "quality": scores.get(comp),
+                        "quality_fp32": fp32.get(comp)}
+    vae = _training_record(run, "vae")
+    models["backbone"]["vae_training"] = vae
+    cards = {"settings": {"dtype": str(dtype).replace("torch.", ""), "n_image": n_image, "n_video": n_video,
+                          "cfg_scale": cfg_scale, "sample_steps": T.TrainConfig().sample_steps,
+                          "eval_seed": 12345},
+             "models": models, "floors": FLOORS, "floors_met": floors_met(scores),
+             "total_bytes": _size(stage), "ship_seconds": round(time.time() - t0, 1)}
+    write_cards(stage, cards)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(stage, out)
+    return cards
