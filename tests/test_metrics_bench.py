@@ -194,6 +194,16 @@ def test_eve_and_assd_methods_run_on_the_tiny_models(models_tree, tmp_path):
     assd = run_benchmark([item], "assd", MetricModels(), str(tmp_path / "assd"), seed=1,
                          options=dict(common, t2v=models_tree["t2v"]))
     assert "error" not in assd["items"][0] and (tmp_path / "assd" / "items" / "a" / "grid.png").exists()
+    ei2 = {v: run_benchmark([item], "ei2", MetricModels(), str(tmp_path / v), seed=1,
+                            options=dict(common, variant=v, tune_steps=2, num_frames=4, lr=1e-3))
+           for v in ("ei2", "tune_a_video")}
+    for r in ei2.values():
+        assert "error" not in r["items"][0], r["items"][0].get("error")
+    # the two inflations give different edits of the same clip
+    assert ei2["ei2"]["items"][0]["metrics"] != ei2["tune_a_video"]["items"][0]["metrics"]
+    bad = run_benchmark([item], "ei2", MetricModels(), str(tmp_path / "bad"), keep_going=True,
+                        options=dict(common, variant="nope"))
+    assert "variant: expected 'ei2' or 'tune_a_video'" in bad["items"][0]["error"]
 
 
 def test_viclip_reference_bpe_file_is_accepted(tmp_path):

@@ -25,7 +25,7 @@ Datasets (:func:`load_dataset`):
   (default ``edit``) and ``id``.
 
 Methods (:data:`METHODS`, name -> callable ``fn(frames, item, seed, ctx) -> frames``):
-``plug_and_play`` (EVE §3.1.3), ``eve`` (plug-and-play with an aligned LoRA), ``assd``,
+``plug_and_play`` (EVE §3.1.3), ``eve`` (plug-and-play with an aligned LoRA), ``assd``, ``ei2``,
 ``identity`` (no edit: the reference values of the metrics). Others (EI²) are added with
 :func:`register_method`. Every item runs with the same fixed seed.
 
@@ -344,6 +344,27 @@ def run_assd(frames, item: BenchItem, seed: int, ctx: MethodContext) -> torch.Te
     return assd_edit(models, frames, item.input_caption or item.output_caption, item.output_caption, cfg)
 
 
+def run_ei2(frames, item: BenchItem, seed: int, ctx: MethodContext) -> torch.Tensor:
+    """EI²: one-shot tuning on the item's clip with its input caption, then DDIM inversion and
+    sampling with the output caption. Options ``checkpoint`` (+ ``tokenizer``), ``variant``
+    (``ei2`` default, or ``tune_a_video``), ``tune_steps`` (500, §5), ``lr`` (3e-5), ``steps``
+    (50), ``cfg`` (7.5), ``num_frames`` (8), ``stride`` (1). Edits the frames it was tuned on."""
+    from ..ei2 import EditConfig, InflationConfig, TuneConfig, ei2_edit, ei2_tune
+
+    bb = _backbone(ctx, "ei2")
+    o = ctx.options
+    variant = str(o.get("variant", "ei2"))
+    if variant not in ("ei2", "tune_a_video"):
+        raise ValueError(f"variant: expected 'ei2' or 'tune_a_video', got {variant!r}")
+    inflation = getattr(InflationConfig, variant)(seed=seed)
+    tune = TuneConfig(steps=int(o.get("tune_steps", 500)), learning_rate=float(o.get("lr", 3e-5)), seed=seed)
+    model, _, used = ei2_tune(bb, inflation, frames, item.input_caption or item.output_caption, tune,
+                              num_frames=int(o.get("num_frames", 8)), stride=int(o.get("stride", 1)),
+                              device=ctx.device)
+    edit = EditConfig(steps=int(o.get("steps", 50)), cfg=float(o.get("cfg", 7.5)), seed=seed)
+    return ei2_edit(bb, model, used, item.output_caption, config=edit)
+
+
 def run_identity(frames, item: BenchItem, seed: int, ctx: MethodContext) -> torch.Tensor:
     """No edit: the output is the input (the metrics' reference values)."""
     return frames.clone()
@@ -352,6 +373,7 @@ def run_identity(frames, item: BenchItem, seed: int, ctx: MethodContext) -> torc
 register_method("plug_and_play", run_plug_and_play)
 register_method("eve", run_eve)
 register_method("assd", run_assd)
+register_method("ei2", run_ei2)
 register_method("identity", run_identity)
 
 

@@ -35,7 +35,7 @@ def build_parser(prog: str = "python -m fdd eval") -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run a method over a dataset, measure, write JSON + report")
     b.add_argument("dataset", help="TGVE folder / TGVE CSV / manifest (.jsonl, .json, .csv)")
-    b.add_argument("--method", default="plug_and_play", help="plug_and_play, eve, assd, identity, or any "
+    b.add_argument("--method", default="plug_and_play", help="plug_and_play, eve, assd, ei2, identity, or any "
                                                              "registered method (default plug_and_play)")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -58,7 +58,10 @@ def main(argv=None) -> int:
 
         print(write_toy_dataset(args.out, args.items, args.frames, args.size, args.seed))
         return 0
-    from .train import COMPONENTS, DEFAULT_MINUTES, DEFAULT_SETTINGS, DEFAULT_STEPS, TrainConfig, train
+    from dataclasses import replace
+
+    from .train import (COMPONENTS, STAGES, DEFAULT_MINUTES, DEFAULT_SETTINGS, DEFAULT_STEPS, TrainConfig,
+                        train)
 
     names = list(COMPONENTS) if args.component == "all" else [args.component]
     for name in names:
@@ -69,6 +72,9 @@ def main(argv=None) -> int:
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)
+        if args.steps is None and args.lr is None:
+            for steps, lr, offset in STAGES.get(name, []):
+                res = train(name, args.out, replace(cfg, steps=steps, lr=lr, offset_noise=offset))
         print(json.dumps({"component": name, "step": res.get("step"), "loss": res.get("loss"),
                           "eval": res.get("eval")}, default=str))
     return 0

@@ -1,0 +1,66 @@
+"""The shipped toy models: ``python -m fdd.toy ship`` writes the ComfyUI-category tree with cards,
+and the committed tree (models/toy) loads through the pack's loaders and still scores what its
+cards say on a small sample."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from fdd.toy.ship import FLOORS, LAYOUT, SHIPPED_DIR, floors_met, measure, ship, toy_paths
+
+
+def test_ship_writes_the_category_tree_with_cards_in_fp16(toy_untrained, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "toy"
+    cards = ship(toy_untrained, str(out), torch.float16, n_image=2, n_video=1, compare_fp32=False)
+    for rel in LAYOUT.values():
+        assert (out / rel).exists(), rel
+    assert not (tmp_path / "toy.partial").exists()
+    with safe_open(str(out / LAYOUT["backbone"]), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} - {"I64"} == {"F16"}  # position_ids stay ints
+    on_disk = json.loads((out / "cards.json").read_text())
+    assert on_disk["models"].keys() == {"backbone", "controlnet", "motion", "t2v"}
+    assert on_disk["settings"]["dtype"] == "float16" and on_disk["total_bytes"] == cards["total_bytes"]
+    for comp in ("backbone", "controlnet", "motion", "t2v"):
+        assert on_disk["models"][comp]["quality"]["n"] in (1, 2)
+        assert on_disk["models"][comp]["bytes"] > 0
+    assert "## backbone: `checkpoints/toy_sd1.safetensors`" in (out / "README.md").read_text()
+    assert toy_paths(str(out))["t2v"] == str(out / LAYOUT["t2v"])
+    # an untrained set meets no floor
+    assert floors_met(cards["models"] and {k: v["quality"] for k, v in cards["models"].items()}) == {
+        "backbone": False, "controlnet": False, "motion": False}
+
+
+def test_floors_rule():
+    ok = {"backbone": {"all_correct": 0.9}, "controlnet": {"edit_accuracy": 0.8, "preservation": 0.95},
+          "motion": {"attributes_constant": 0.95, "path_residual_px_median": 0.9}}
+    assert floors_met(ok) == {"backbone": True, "controlnet": True, "motion": True}
+    ok["motion"]["path_residual_px_median"] = 1.2
+    ok["controlnet"]["preservation"] = 0.89
+    assert floors_met(ok) == {"backbone": True, "controlnet": False, "motion": False}
+    assert set(FLOORS) == {"backbone", "controlnet", "motion"}
+
+
+CARDS = os.path.join(SHIPPED_DIR, "cards.json")
+
+
+@pytest.mark.skipif(not os.path.isfile(CARDS), reason="no shipped toy models in this checkout")
+def test_shipped_models_load_and_score_what_their_cards_say():
+    with open(CARDS) as fh:
+        cards = json.load(fh)
+    assert cards["total_bytes"] <= 40e6
+    got = measure(toy_paths(), n_image=16, n_video=4, cfg_scale=cards["settings"]["cfg_scale"])
+    checks = {"backbone": "all_correct", "controlnet": "edit_accuracy", "motion": "attributes_constant",
+              "t2v": "attributes_constant"}
+    for comp, key in checks.items():
+        want = cards["models"][comp]["quality"][key]
+        n = got[comp]["n"]
+        # a small sample: allow 3 binomial standard deviations below the card's figure
+        slack = 3 * math.sqrt(max(want * (1 - want), 0.04) / n)
+        assert got[comp][key] >= want - slack, (comp, key, got[comp][key], want)
