@@ -458,11 +458,16 @@ def load_sd1_checkpoint(path: str | os.PathLike, tokenizer=None, dtype: torch.dt
     vae_sd = convert_ldm_vae_checkpoint({VAE_PREFIX + k: x for k, x in v.items()}, vae_cfg)
     vae = strict_load(lambda: AutoencoderKL(**vae_cfg), vae_sd, path, "VAE", dtype=dtype)
 
+    tok = _load_tokenizer(tokenizer, path)
+    if te_cfg["vocab_size"] < 49408 and getattr(tok, "eos_token_id", None) is not None:
+        # a text encoder with its own vocabulary (the toy backbone): its special ids are its tokenizer's
+        te_cfg.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     te = CLIPTextModel(CLIPTextConfig(**te_cfg))  # built for real: it has non-persistent buffers
     clip_sd = _clip_keys_for_model(convert_ldm_clip_checkpoint({CLIP_PREFIX + k: x for k, x in t.items()}),
                                    set(te.state_dict()))
     te = strict_load(lambda: te, clip_sd, path, "text encoder", meta=False, dtype=dtype)
-    return SD1Backbone(unet=unet, vae=vae, text_encoder=te, tokenizer=_load_tokenizer(tokenizer, path),
+    return SD1Backbone(unet=unet, vae=vae, text_encoder=te, tokenizer=tok,
                        source=path, vae_scale_factor=scale, scaling_factor=vae_cfg["scaling_factor"])
 
 

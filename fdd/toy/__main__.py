@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     t.add_argument("--eval-samples", type=int, default=None)
     t.add_argument("--ckpt-every", type=int, default=None)
     t.add_argument("--cfg-scale", type=float, default=None)
+    t.add_argument("--offset-noise", type=float, default=None, help="offset-noise scale (see training_noise)")
     sh = sub.add_parser("ship", help="write a trained run as the shipped models tree with measured model cards")
     sh.add_argument("--run", required=True, help="the training run folder (python -m fdd.toy train all --out RUN)")
     sh.add_argument("--out", default=None, help="destination (default: the pack's models/toy)")
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig(seed=args.seed, minutes=args.minutes if args.minutes is not None else DEFAULT_MINUTES[name],
                           steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
                           **DEFAULT_SETTINGS.get(name, {}))
-        for k in ("batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale"):
+        for k in ("batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale", "offset_noise"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)

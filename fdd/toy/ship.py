@@ -210,7 +210,10 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
         rec = _training_record(run, train_name[comp])
         models[comp] = {"file": LAYOUT[comp], "what": what[comp],
                         "command": f"python -m fdd.toy train {train_name[comp]} --out RUN --seed {rec.get('seed', 0)}"
-                                   + (" (after text, vae)" if comp == "backbone" else " (after text, vae, unet)"),
+                                   + (" (after text, vae)" if comp in ("backbone", "t2v") else " (after text, vae, unet)")
+                                   + (f"; steps {T.DEFAULT_STEPS[train_name[comp]]} at the default lr, then the "
+                                      f"stages (total steps, lr, offset noise) {T.STAGES[train_name[comp]]}"
+                                      if train_name[comp] in T.STAGES else ""),
                         **rec, "bytes": _size(paths[comp]), "quality": scores.get(comp),
                         "quality_fp32": fp32.get(comp)}
     vae = _training_record(run, "vae")
