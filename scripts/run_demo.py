@@ -1,6 +1,9 @@
-"""The pack's main job, headless: start ComfyUI with this pack, write the tiny demo models and
-a moving-shapes clip, queue the shipped plug-and-play workflow, collect the edited video and
-its frames into an output folder, stop the server.
+"""The pack's main job, headless: start ComfyUI with this pack, queue the shipped toy-world EVE-stack
+workflow (plug-and-play: the shipped toy backbone + edit adapter + video adapter, a generated clip,
+"make the circle blue", sampling started from the noised input at denoise 0.7), collect the edited
+video and its frames into an output folder, print the toy evaluator's scores, stop the server.
+``--workflow all`` also runs every other shipped workflow (the real-format tiny random models
+for the SD 1.5-named graphs are written first, with a moving-shapes mp4 as their input).
 
     .venv/bin/python scripts/run_demo.py [--out demo_output] [--workflow workflows/api/X.json]
 """
@@ -22,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "demo_output"))
-    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "fdd_plug_and_play_video_edit.json"),
+    ap.add_argument("--workflow", default=os.path.join(ROOT, "workflows", "api", "fdd_toy_plug_and_play_video_edit.json"),
                     help="an API-format workflow to queue, or 'all' for every workflows/api/*.json")
     ap.add_argument("--models", default=os.path.join(ROOT, ".models", "tiny"),
                     help="where the tiny demo models tree is written")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     print(f"[demo] starting ComfyUI on {server.url} (log: {server.log_path})", flush=True)
     with server:
         clip = prepare_demo_inputs(server)
-        files = []
+        files, scores = [], []
         for path in paths:
             with open(path) as fh:
                 prompt = json.load(fh)
@@ -58,6 +61,10 @@ def main(argv=None) -> int:
                 print(server.log_tail(), file=sys.stderr)
                 return 1
             files += server.output_files(entry)
+            for node_id, out in entry.get("outputs", {}).items():
+                if prompt.get(node_id, {}).get("class_type") == "FDD_ToyScore":
+                    for text in out.get("text", []):
+                        scores.append((os.path.basename(path), json.loads(text)))
     os.makedirs(args.out, exist_ok=True)
     frames_dir = os.path.join(args.out, "frames")
     shutil.rmtree(frames_dir, ignore_errors=True)
@@ -74,7 +81,14 @@ def main(argv=None) -> int:
     print(f"[demo] done in {time.time() - t0:.0f}s")
     for v in videos:
         print(f"[demo] edited video: {v}")
-    print(f"[demo] {n_frames} edited frames: {frames_dir}")
+    print(f"[demo] {n_frames} frames (edited and input, upscaled): {frames_dir}")
+    for name, sc in scores:
+        keys = ("attribute_accuracy", "edit_accuracy", "preservation", "attributes_constant", "path_residual_px",
+                "contamination")
+        print(f"[demo] {name}: '{sc['instruction']}' -> toy evaluator: "
+              + ", ".join(f"{k} {sc[k]:.3f}" if isinstance(sc.get(k), float) else f"{k} {sc.get(k)}" for k in keys))
+    with open(os.path.join(args.out, "scores.json"), "w") as fh:
+        json.dump([{"workflow": n, **s} for n, s in scores], fh, indent=1)
     return 0 if videos and n_frames else 1
 
 

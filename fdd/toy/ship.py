@@ -157,7 +157,7 @@ def write_cards(folder: str, cards: dict) -> None:
              f"(image models on {cards['settings']['n_image']} samples, video models on "
              f"{cards['settings']['n_video']} clips, DDIM {cards['settings']['sample_steps']} steps, "
              f"CFG {cards['settings']['cfg_scale']}). Not real-world models: 32x32 frames of one coloured "
-             "shape moving on a white or black background, captions from a 45-word vocabulary.", ""]
+             "shape moving on a white or black background, captions from a small word-level vocabulary.", ""]
     for comp, card in cards["models"].items():
         lines += [f"## {comp}: `{card['file']}`", "", card["what"], "",
                   f"- command: `{card['command']}`",
