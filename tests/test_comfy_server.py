@@ -90,6 +90,8 @@ def test_api_workflow_runs_unchanged(server, path):
         if key is None:
             continue
         steps = node["inputs"][key]
+        if "denoise" in node["inputs"]:  # a partial denoise runs (and reports) only the last steps
+            steps = max(1, round(steps * node["inputs"]["denoise"]))
         deadline = time.time() + 5
         while time.time() < deadline and not server.events_of("progress", pid):
             time.sleep(0.1)
