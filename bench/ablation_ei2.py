@@ -163,18 +163,11 @@ def _aggregate(outputs, edits, inputs, truths) -> dict:
 def compare(per_clip: dict, metric: str, ours: str, versus: str) -> dict:
     """Paired comparison of two variants on one metric over the clips (NaNs skipped)."""
     higher = METRICS[metric]
-    a = np.array([r[metric] for r in per_clip[ours]], float)
-    b = np.array([r[metric] for r in per_clip[versus]], float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if len(a) == 0:
+    c = common.paired_clips(per_clip[ours], per_clip[versus], metric, higher)
+    if c is None:
         return {"metric": metric, "ours": ours, "versus": versus, "n": 0, "verdict": "not measurable"}
-    delta = float(a.mean() - b.mean())
-    better = (a > b) if higher else (a < b)
-    worse = (a < b) if higher else (a > b)
-    wins, losses = int(better.sum()), int(worse.sum())
+    delta, p = c["delta"], c["p"]
     good = delta > 0 if higher else delta < 0
-    p = common.sign_test_p(wins, losses)
     if abs(delta) <= TIE_TOLERANCE[metric]:
         verdict = "not reproduced (no difference)"
     elif good:
@@ -182,9 +175,9 @@ def compare(per_clip: dict, metric: str, ours: str, versus: str) -> dict:
                    f"same direction, not significant (p {p:.2f})")
     else:
         verdict = "not reproduced (opposite" + (f", sign test p {p:.3f})" if p < ALPHA else f", p {p:.2f})")
-    return {"metric": metric, "higher_is_better": higher, "ours": ours, "versus": versus, "n": len(a),
-            "mean_ours": float(a.mean()), "mean_versus": float(b.mean()), "delta": delta,
-            "clip_wins": wins, "clip_losses": losses, "clip_ties": int(len(a) - wins - losses),
+    return {"metric": metric, "higher_is_better": higher, "ours": ours, "versus": versus, "n": c["n"],
+            "mean_ours": c["mean_first"], "mean_versus": c["mean_second"], "delta": delta,
+            "clip_wins": c["wins"], "clip_losses": c["losses"], "clip_ties": c["ties"],
             "sign_test_p": p, "verdict": verdict}
 
 

@@ -277,15 +277,10 @@ def clip_scores(out: np.ndarray, edit, inp: np.ndarray) -> dict:
 def compare(per_clip: dict, metric: str, better: str, worse: str) -> dict:
     """Paired comparison: is ``better`` better than ``worse`` on ``metric`` over the clips?"""
     higher = METRICS[metric]
-    a = np.array([r[metric] for r in per_clip[better]], float)
-    b = np.array([r[metric] for r in per_clip[worse]], float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if len(a) == 0:
+    c = common.paired_clips(per_clip[better], per_clip[worse], metric, higher)
+    if c is None:
         return {"metric": metric, "n": 0, "verdict": "not measurable"}
-    delta = float(a.mean() - b.mean())
-    wins = int(((a > b) if higher else (a < b)).sum())
-    losses = int(((a < b) if higher else (a > b)).sum())
+    delta, wins, losses = c["delta"], c["wins"], c["losses"]
     good = delta > 0 if higher else delta < 0
     if delta == 0:
         verdict = "no difference"
@@ -293,9 +288,9 @@ def compare(per_clip: dict, metric: str, better: str, worse: str) -> dict:
         verdict = "claimed direction" if wins > losses else "claimed direction in the mean only"
     else:
         verdict = "opposite"
-    return {"metric": metric, "higher_is_better": higher, "n": len(a), "mean_better": float(a.mean()),
-            "mean_worse": float(b.mean()), "delta": delta, "clip_wins": wins, "clip_losses": losses,
-            "clip_ties": int(len(a) - wins - losses), "sign_test_p": common.sign_test_p(wins, losses), "verdict": verdict}
+    return {"metric": metric, "higher_is_better": higher, "n": c["n"], "mean_better": c["mean_first"],
+            "mean_worse": c["mean_second"], "delta": delta, "clip_wins": wins, "clip_losses": losses,
+            "clip_ties": c["ties"], "sign_test_p": c["p"], "verdict": verdict}
 
 
 def claim_verdict(results: list[dict]) -> str:

@@ -233,54 +233,9 @@ def comparison(name: str, ours: float, baseline: float, unit: str, target: Optio
 
 
 def write_results(bench: str, machine: dict, comparisons: list[dict], results_dir: str = RESULTS_DIR) -> str:
-    """Write ``<results_dir>/<bench>.json`` atomically (temp file + ``os.replace``)."""
-    os.makedirs(results_dir, exist_ok=True)
-    path = os.path.join(results_dir, f"{bench}.json")
+    """Write ``<results_dir>/<bench>.json`` atomically (:func:`write_text_atomic`)."""
     doc = {"bench": bench, "machine": machine, "comparisons": comparisons}
-    fd, tmp = tempfile.mkstemp(prefix=f".{bench}.", suffix=".json.tmp", dir=results_dir)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-class CallCounter:
-    """Counts calls of methods (and the seconds spent in them) by wrapping them with an instance
-    attribute, removed on exit.
-
-    ``CallCounter(unet=model, decode=(vae, "decode"))``: a module alone means its ``forward``.
-    Nested calls are not expected (the targets should not call each other)."""
-
-    def __init__(self, **targets):
-        self.targets = {k: (v if isinstance(v, tuple) else (v, "forward")) for k, v in targets.items()}
-        self.counts = {k: 0 for k in targets}
-        self.seconds = {k: 0.0 for k in targets}
-
-    def __enter__(self):
-        for name, (obj, attr) in self.targets.items():
-            orig = getattr(obj, attr)
-
-            def wrapped(*a, _orig=orig, _name=name, **kw):
-                self.counts[_name] += 1
-                t0 = time.perf_counter()
-                try:
-                    return _orig(*a, **kw)
-                finally:
-                    self.seconds[_name] += time.perf_counter() - t0
-
-            object.__setattr__(obj, attr, wrapped)
-        return self
-
-    def __exit__(self, *exc):
-        for obj, attr in self.targets.values():
-            object.__delattr__(obj, attr)  # the class method shows through again
-        return False
+    return write_text_atomic(os.path.join(results_dir, f"{bench}.json"), json.dumps(doc, indent=1) + "\n")
 
 
 def write_text_atomic(path: str, text: str) -> str:
@@ -322,3 +277,23 @@ def sign_test_p(wins: int, losses: int) -> float:
         return 1.0
     k = min(wins, losses)
     return float(min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n))
+
+
+def paired_clips(first: list[dict], second: list[dict], metric: str, higher_is_better: bool) -> Optional[dict]:
+    """Paired comparison of two variants' per-clip rows on ``metric`` (clips where either is NaN
+    are skipped): ``n``, both means, ``delta`` = mean(first) - mean(second), clip wins / losses /
+    ties of ``first`` (better = higher or lower as said) and the sign test's ``p``; None when no
+    clip has both values."""
+    import numpy as np
+
+    a = np.array([r[metric] for r in first], float)
+    b = np.array([r[metric] for r in second], float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if len(a) == 0:
+        return None
+    wins = int(((a > b) if higher_is_better else (a < b)).sum())
+    losses = int(((a < b) if higher_is_better else (a > b)).sum())
+    return {"n": int(len(a)), "mean_first": float(a.mean()), "mean_second": float(b.mean()),
+            "delta": float(a.mean() - b.mean()), "wins": wins, "losses": losses,
+            "ties": int(len(a) - wins - losses), "p": sign_test_p(wins, losses)}

@@ -805,11 +805,26 @@ def _video_latents(kit, clips):
     return z.reshape(B, Fr, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # B C F h w
 
 
+def _video_step(kit: Toolkit, cfg: TrainConfig, denoise: Callable) -> Callable:
+    """The denoising-loss step of the video trainers: ``denoise(x_t, t, emb)`` on clips with
+    captions (caption dropout, offset noise as configured)."""
+    ab = _alphas()
+
+    def step(i, rng, gen):
+        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
+        z = _video_latents(kit, clips)
+        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z))
+        emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
+        return _noise_pred_loss(denoise(_noised(z, noise, t, ab), t, emb), noise)
+
+    return step
+
+
 def train_motion(out: str, cfg: TrainConfig) -> dict:
     """Motion module on the frozen backbone (AnimateDiff training: only motion_modules learn)."""
     from diffusers import UNetMotionModel
 
-    kit, ab = Toolkit(out), _alphas()
+    kit = Toolkit(out)
     adapter = make_motion_adapter(cfg.seed + 4)
     mu = UNetMotionModel.from_unet2d(kit.unet, adapter)
     mu.requires_grad_(False)
@@ -821,12 +836,7 @@ def train_motion(out: str, cfg: TrainConfig) -> dict:
         Fr = x.shape[2]
         return model(x, t, encoder_hidden_states=emb.repeat_interleave(Fr, 0)).sample
 
-    def step(i, rng, gen):
-        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
-        z = _video_latents(kit, clips)
-        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z))
-        emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
-        return _noise_pred_loss(denoise(_noised(z, noise, t, ab), t, emb), noise)
+    step = _video_step(kit, cfg, denoise)
 
     res = train_loop("motion", out, cfg, mu, params, step,
                      lambda m: eval_video(kit, lambda x, t, e: denoise(x, t, e, m), cfg), ema=True)
@@ -839,18 +849,13 @@ def train_motion(out: str, cfg: TrainConfig) -> dict:
 
 
 def train_t2v(out: str, cfg: TrainConfig) -> dict:
-    kit, ab = Toolkit(out), _alphas()
+    kit = Toolkit(out)
     u3 = make_unet3d(cfg.seed + 6)
 
     def denoise(x, t, emb, model=u3):
         return model(x, t, encoder_hidden_states=emb).sample
 
-    def step(i, rng, gen):
-        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
-        z = _video_latents(kit, clips)
-        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z))
-        emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
-        return _noise_pred_loss(denoise(_noised(z, noise, t, ab), t, emb), noise)
+    step = _video_step(kit, cfg, denoise)
 
     res = train_loop("t2v", out, cfg, u3, u3.parameters(), step,
                      lambda m: eval_video(kit, lambda x, t, e: denoise(x, t, e, m), cfg), ema=True)
