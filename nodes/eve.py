@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..fdd.distill.eve import EVEConfig, eve_edit
+from ..fdd.pipelines import denoise_steps
 from . import _runtime as rt
 from .plug_and_play import get_stack
 from .types import Backbone, BackboneHandle, EditAdapter, VideoAdapter
@@ -68,6 +69,10 @@ class EVEVideoEdit(io.ComfyNode):
                                tooltip="Text guidance of the first-frame edit (the edit teacher is guided)."),
                 io.Float.Input("first_frame_image_cfg", default=1.5, min=0.0, max=30.0, step=0.05,
                                tooltip="Image guidance of the first-frame edit."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="1 starts from pure noise (the paper); lower values start the "
+                                       "first-frame edit and the video from the input noised part-way "
+                                       "(SDEdit), which keeps the layout of weak adapters."),
             ],
             outputs=[io.Image.Output(display_name="frames")],
         )
@@ -76,7 +81,7 @@ class EVEVideoEdit(io.ComfyNode):
     def execute(cls, backbone: BackboneHandle, edit_adapter, video_adapter, frames, instruction, output_caption,
                 negative_prompt="", steps=20, cfg=1.0, image_cfg=1.0, control_strength=1.0, seed=0,
                 context_frames=8, context_overlap=2, first_frame="edit", first_frame_steps=20,
-                first_frame_cfg=7.5, first_frame_image_cfg=1.5) -> io.NodeOutput:
+                first_frame_cfg=7.5, first_frame_image_cfg=1.5, denoise=1.0) -> io.NodeOutput:
         if context_overlap >= context_frames:
             raise ValueError(f"context_overlap: must be smaller than context_frames ({context_frames}), "
                              f"got {context_overlap}")
@@ -84,12 +89,13 @@ class EVEVideoEdit(io.ComfyNode):
                            seed=seed, context_frames=context_frames, context_overlap=context_overlap,
                            negative_prompt=negative_prompt, first_frame=first_frame,
                            first_frame_steps=first_frame_steps, first_frame_cfg=first_frame_cfg,
-                           first_frame_image_cfg=first_frame_image_cfg)
+                           first_frame_image_cfg=first_frame_image_cfg, denoise=denoise)
         stack = get_stack(backbone, edit_adapter, video_adapter)
         caption = output_caption.strip() or instruction
         modules = stack.modules() + [stack.backbone.unet]  # the first-frame edit runs the plain 2-D UNet
         with rt.on_compute_device(modules):
-            out = eve_edit(stack, frames, instruction, caption, config, callback=rt.progress_callback(steps),
+            out = eve_edit(stack, frames, instruction, caption, config,
+                           callback=rt.progress_callback(denoise_steps(steps, denoise)),
                            should_cancel=_interrupt_check)
         return io.NodeOutput(out)
 

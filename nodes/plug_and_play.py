@@ -6,7 +6,7 @@ import threading
 
 from comfy_api.v0_0_2 import io
 
-from ..fdd.pipelines import PlugAndPlayConfig, VideoEditStack, plug_and_play_edit
+from ..fdd.pipelines import PlugAndPlayConfig, VideoEditStack, denoise_steps, plug_and_play_edit
 from . import _runtime as rt
 from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, VideoAdapter
 
@@ -97,7 +97,7 @@ class PlugAndPlayVideoEdit(io.ComfyNode):
                                    denoise=denoise, negative_prompt=negative_prompt)
         stack = get_stack(backbone, edit_adapter, video_adapter)
         caption = output_caption.strip() or instruction
-        total = steps - (steps - max(1, round(steps * denoise)))
+        total = denoise_steps(steps, denoise)
         with rt.on_compute_device(stack.modules()):
             out = plug_and_play_edit(stack, frames, instruction, caption, config,
                                      callback=rt.progress_callback(total))

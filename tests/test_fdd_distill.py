@@ -464,6 +464,32 @@ def test_eve_edit_first_frame_anchor_and_windows(models_tree, fdd_tree, loaded):
     assert not torch.equal(lat[0, :, 1:], lat_none[0, :, 1:])  # the anchor propagates to other frames
 
 
+def test_eve_edit_denoise_starts_from_the_noised_input(models_tree, fdd_tree, loaded):
+    """denoise < 1 runs only the last round(steps * denoise) steps, from the input's latent
+    noised with the seed's noise, so a light denoise ends near the input latent."""
+    from fdd.distill.eve import EVEConfig, eve_edit
+    from fdd.models.lora import read_lora
+    from fdd.pipelines import VideoEditStack
+    from fdd.pipelines.common import frames_to_pixels, vae_encode
+    from fdd.testing.clip import moving_shapes_clip
+
+    bb, cn, mm = loaded[0], loaded[1], loaded[2]
+    stack = VideoEditStack(bb, controlnet=cn, motion_adapter=mm, loras=[(read_lora(fdd_tree["aligned_lora"]), 1.0)])
+    frames = moving_shapes_clip(4, 32, 32)
+    src = vae_encode(bb.vae, frames_to_pixels(frames), bb.scaling_factor).permute(1, 0, 2, 3)
+    dist = {}
+    for denoise in (0.1, 1.0):
+        calls = []
+        cfg = EVEConfig(steps=10, context_frames=4, context_overlap=2, first_frame_steps=10, seed=3, denoise=denoise)
+        _, lat = eve_edit(stack, frames, "make it snowy", "a snowy scene", cfg,
+                          callback=lambda i, n, x: calls.append((i, n)), return_latents=True)
+        assert [n for _, n in calls] == [round(10 * denoise)] * round(10 * denoise)
+        dist[denoise] = float((lat[0] - src).abs().mean())
+    assert dist[0.1] < 0.5 * dist[1.0]
+    with pytest.raises(ValueError, match="denoise"):
+        eve_edit(stack, frames, "a", "b", EVEConfig(denoise=1.5))
+
+
 def test_loss_curve_image_edge_cases():
     from fdd.distill.plot import render_loss_curve
 

@@ -27,6 +27,8 @@ def test_heldout_set_is_fixed_task_balanced_and_ground_truth_scores_perfectly():
     pairs = [e.render() for e in a]
     res = score_set([gt for _, gt in pairs], a, [inp for inp, _ in pairs])
     assert res["edit_accuracy"] == 1.0 and res["attribute_accuracy"] == 1.0 and res["n"] == 14
+    # a count, not a flag: numpy bools summed as logical OR once capped it at 1 clip
+    assert res["fully_right"] >= 12 / 14
     assert set(res["per_task"]) == set(TASKS) and all(v["n"] == 2 for v in res["per_task"].values())
     # the unedited input as output: the instructed change is missing
     miss = score_set([inp for inp, _ in pairs], a, [inp for inp, _ in pairs])

@@ -96,6 +96,33 @@ def make_edit_eps_fn(stack: VideoEditStack, control_pixels: Optional[torch.Tenso
     return eps_fn
 
 
+def denoise_steps(steps: int, denoise: float) -> int:
+    """How many of ``steps`` DDIM steps a partial edit with ``denoise`` runs (at least one)."""
+    return max(1, round(steps * denoise))
+
+
+def start_latents(bb, pixels: torch.Tensor, size: tuple[int, int], steps: int, denoise: float, seed: int,
+                  schedule: DDIMSchedule) -> tuple[torch.Tensor, int]:
+    """The latents a ``steps``-step DDIM edit starts from, and the step index it starts at.
+
+    ``denoise`` 1: pure noise from ``seed`` (index 0). ``denoise`` < 1 (SDEdit): the input
+    video's latent (``pixels`` ``[F, 3, H, W]`` in -1..1, already at ``size``) noised with that
+    same noise to the timestep of index ``steps - round(steps * denoise)``, so the last
+    ``round(steps * denoise)`` steps run (at least one). Shape ``(1, C, F, h, w)``."""
+    F_ = pixels.shape[0]
+    C = bb.unet.config.in_channels
+    lat_shape = (1, C, F_, size[0] // bb.vae_scale_factor, size[1] // bb.vae_scale_factor)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn(lat_shape, generator=gen, dtype=torch.float32).to(pixels.device)
+    start = steps - denoise_steps(steps, denoise)
+    if start == 0:
+        return noise, 0
+    src = vae_encode(bb.vae, pixels, bb.scaling_factor).float()
+    src = src.view(F_, C, *lat_shape[-2:]).permute(1, 0, 2, 3).unsqueeze(0)
+    t0 = schedule.timesteps(steps)[start]
+    return add_noise(src, noise, schedule.alpha_bar(t0)), start
+
+
 @torch.no_grad()
 def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
                        config: PlugAndPlayConfig | None = None, *,
@@ -121,18 +148,7 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
         control = ((pixels + 1) / 2) if stack.controlnet is not None else None
         eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
         schedule = DDIMSchedule()
-        C = bb.unet.config.in_channels
-        lat_shape = (1, C, F_, h // bb.vae_scale_factor, w // bb.vae_scale_factor)
-        gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
-        noise = torch.randn(lat_shape, generator=gen, dtype=torch.float32).to(device)
-        start = cfg.steps - max(1, round(cfg.steps * cfg.denoise))
-        if start > 0:
-            src = vae_encode(bb.vae, pixels, bb.scaling_factor).float()
-            src = src.view(F_, C, *lat_shape[-2:]).permute(1, 0, 2, 3).unsqueeze(0)
-            t0 = schedule.timesteps(cfg.steps)[start]
-            latents = add_noise(src, noise, schedule.alpha_bar(t0))
-        else:
-            latents = noise
+        latents, start = start_latents(bb, pixels, (h, w), cfg.steps, cfg.denoise, cfg.seed, schedule)
         latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start,
                               callback=callback, should_cancel=should_cancel)
         flat = latents[0].permute(1, 0, 2, 3)
