@@ -24,10 +24,11 @@ those are refused; Add / Remove may be chosen with ``--tasks``.
 Scores: :func:`fdd.toy.heldout.score_set` with contamination (edit accuracy, preservation,
 contamination, attributes_constant, path residual, ...), overall and per task, plus two
 references: the input through the VAE only (what the VAE alone costs) and the ground truth
-(sanity: contamination 0, edit accuracy 1). Each claim of the paper's ablation text is checked
-on the paired per-clip differences between consecutive variants: "reproduced" when the mean
-difference is in the claimed direction by more than 2 standard errors, "opposite" when it is
-against it by more than 2 standard errors, otherwise "no clear change".
+(sanity: contamination 0, edit accuracy 1). Each claim of the paper's ablation text (one metric,
+one variant against the one named in it) is decided by the rule every toy-world ablation bench
+shares, :func:`common.paired_verdict` (paired per-clip differences, mean beyond 2 standard errors
+and a per-metric minimum effect; its wording, :data:`common.VERDICT_RULE`, heads the markdown):
+"reproduced", "opposite", "no clear change" or "not measurable".
 
 Steps: the paper runs 200 SGD steps of lr 0.1; the optimiser scales the gradient by
 2000 / (h * w) (DDS), so the toy's 16x16 latent moves 4x farther per step than ModelScope's
@@ -261,33 +262,16 @@ def _clean(x):
     return x
 
 
-def paired_difference(after: list, before: list) -> dict:
-    """Mean and standard error of ``after - before`` over clips where both are defined."""
-    d = np.array([a - b for a, b in zip(after, before)
-                  if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)], float)
-    if len(d) == 0:
-        return {"mean": float("nan"), "se": float("nan"), "n": 0}
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return {"mean": float(d.mean()), "se": se, "n": len(d)}
-
-
-#: smallest mean change counted as a change (below it: "no clear change" whatever the SE):
-#: 0.1 % of the outside pixels for contamination, 1 point for fractions of frames / clips,
-#: 0.05 px for the path residual
-MIN_EFFECT = {"contamination": 0.001, "path_residual_px_median": 0.05}
-MIN_EFFECT_DEFAULT = 0.01
-
-
-def verdict(diff: dict, direction: int, metric: str = "") -> str:
-    """``reproduced`` / ``opposite`` (the paired mean change is beyond 2 standard errors and at
-    least :data:`MIN_EFFECT`, in / against the claimed direction), ``no clear change``, or ``too
-    few clips`` (fewer than 2 paired values)."""
-    if diff["n"] < 2 or not math.isfinite(diff["se"]):
-        return "too few clips"
-    m, se = diff["mean"], diff["se"]
-    if abs(m) < MIN_EFFECT.get(metric, MIN_EFFECT_DEFAULT) or abs(m) <= 2 * se:
-        return "no clear change"
-    return "reproduced" if m * direction > 0 else "opposite"
+def check_claim(per_clip: dict, claim: dict) -> dict:
+    """:func:`common.paired_verdict` of one claim: ``claim["variant"]`` against ``claim["vs"]`` on
+    its metric, the claimed way being ``claim["direction"]`` (+1 up, -1 down). Returns the
+    ``diff`` entry (paired mean change and its SE over ``n`` clips, clips moved the claimed way /
+    the other way / unchanged, sign test p, minimum effect) and the verdict."""
+    v = common.paired_verdict(per_clip[claim["variant"]], per_clip[claim["vs"]], claim["metric"],
+                              claim["direction"] > 0)
+    diff = {"mean": v["delta"], "se": v["se"], "n": v["n"], "clip_wins": v["wins"], "clip_losses": v["losses"],
+            "clip_ties": v["ties"], "sign_test_p": v["p"], "min_effect": v["min_effect"]}
+    return {"diff": diff, "verdict": v["verdict"]}
 
 
 def _fmt(v, digits=3) -> str:
@@ -308,12 +292,11 @@ def write_markdown(path: str, doc: dict) -> str:
     lines = ["# ASSD ablation on the toy world (paper Fig. 4)", "",
              (f"{s['clips']} held-out edits ({', '.join(s['tasks'])}; {s['frames']} frames at {s['size']} px), "
              f"{s['iters']} ASSD steps each, seed {s['seed']}, {doc['machine']['threads']} thread(s); "
-             f"run `{s['export']}` ({s['run_kind']}). Variants are cumulative; each claim is checked on the "
-             "per-clip paired difference from the variant named in it: **reproduced** = in the claimed "
-             "direction by more than 2 standard errors (and at least 0.001 contamination, 0.05 px path "
-             "residual, 0.01 otherwise), **opposite** = likewise against it, otherwise **no clear change**. Metrics: edit accuracy, preservation, contamination "
+             f"run `{s['export']}` ({s['run_kind']}). Variants are cumulative; each claim compares the variant "
+             "on its row with the variant named in it. Metrics: edit accuracy, preservation, contamination "
              "(fraction of pixels outside the edited object whose colour moved > 0.3), attributes "
              "constant over frames, median centroid-path residual (px)."), "",
+             common.VERDICT_RULE + " Below: m ± SE (clips moved the claimed way / the other way).", "",
              "| variant | metrics | paper's claimed direction | ours (reproduced / not) |",
              "|---|---|---|---|"]
     by_variant = {}
@@ -328,7 +311,8 @@ def write_markdown(path: str, doc: dict) -> str:
             claimed = "<br>".join(f"{c['metric']} {_arrow(c['direction'])} vs {c['vs']} ({c['kind']})"
                                   for c in claims)
             nd = lambda c: 4 if c["metric"] == "contamination" else 3  # noqa: E731
-            ours = "<br>".join(f"{c['metric']} {_fmt(c['diff']['mean'], nd(c))} ± {_fmt(c['diff']['se'], nd(c))}: "
+            ours = "<br>".join(f"{c['metric']} {_fmt(c['diff']['mean'], nd(c))} ± {_fmt(c['diff']['se'], nd(c))} "
+                               f"({c['diff'].get('clip_wins', 0)}/{c['diff'].get('clip_losses', 0)}): "
                                f"**{c['verdict']}**" for c in claims)
         lines.append(f"| {label} | {_metrics_cell(agg)} | {claimed} | {ours} |")
     lines += ["", "References (not variants):", "",
@@ -443,11 +427,8 @@ def run(args, argv=None) -> str:
 
     claims = []
     for c in CLAIMS:
-        diff = paired_difference([r[c["metric"]] for r in per_clip[c["variant"]]],
-                                 [r[c["metric"]] for r in per_clip[c["vs"]]])
-        claims.append({**c, "diff": diff, "before": variants[c["vs"]]["aggregate"][c["metric"]],
-                       "after": variants[c["variant"]]["aggregate"][c["metric"]],
-                       "verdict": verdict(diff, c["direction"], c["metric"])})
+        claims.append({**c, "before": variants[c["vs"]]["aggregate"][c["metric"]],
+                       "after": variants[c["variant"]]["aggregate"][c["metric"]], **check_claim(per_clip, c)})
 
     stem = os.path.splitext(os.path.abspath(args.out))[0]
     grid_path = stem + "_grid.png"
@@ -484,10 +465,8 @@ def run(args, argv=None) -> str:
                      "fused_layers": fused, "keyframes_joint_guidance":
                          list(range(configs["full"].keyframe_offset, FRAMES, configs["full"].keyframe_stride)),
                      "image_vs_video_vae_latent_rel_diff": vae_rel,
-                     "verdict_rule": "paired per-clip difference vs the named variant: reproduced / opposite "
-                                     "if |mean| > 2 SE and >= min_effect, in / against the claimed "
-                                     "direction; else no clear change",
-                     "min_effect": {**MIN_EFFECT, "other metrics": MIN_EFFECT_DEFAULT},
+                     "verdict_rule": common.VERDICT_RULE,
+                     "min_effect": {c["metric"]: common.min_effect_of(c["metric"]) for c in CLAIMS},
                      "encode_s_per_clip_median": float(np.median(encode_s))},
         "variants": variants, "reference": reference, "claims": claims,
         "edits": [{"task": e.task, "instruction": e.instruction, "source_caption": e.source_caption,

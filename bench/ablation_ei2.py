@@ -36,7 +36,7 @@ written next to it as ``<stem>.md`` and ``<stem>_grid.png``):
   clip of EI² against Tune-A-Video, so ``run_all.py --table-only`` lists it) plus
   ``settings``, ``variants`` (config, aggregate and per-task scores, per-clip scores, wall
   times and process CPU times of tuning + editing, output distance to ``tav``) and ``claims``
-  (paper direction vs ours, per metric);
+  (paper direction vs ours, per metric and per claim);
 - a markdown table: variant | metrics | paper's claimed direction | ours;
 - a PNG grid: for each of the first ``--grid-clips`` clips, rows input, ground truth, then one
   row per variant in the order above (frames left to right).
@@ -52,6 +52,13 @@ Claims checked (the paper's Fig. 4 / Fig. 5 are qualitative; the directions are 
   sparse-causal (pairs ``ei2`` vs ``stam_sc``, the paper's setting, and ``ln_ffam`` vs ``tav``).
 - Table 1, §5.1: EI² beats Tune-A-Video in textual alignment and frame consistency (``ei2`` vs
   ``tav``).
+
+Verdicts: every (pair, metric) of a claim is decided by the rule all toy-world ablation benches
+share, :func:`common.paired_verdict` (paired per-clip differences, mean beyond 2 standard errors
+and a per-metric minimum effect; wording :data:`common.VERDICT_RULE`), and the claim by
+:func:`common.claim_verdict` over them (:data:`common.CLAIM_RULE`); both texts head the markdown.
+``--rescore`` recomputes the verdicts and the markdown from the per-clip rows saved in ``--out``
+without running any model (for a changed rule).
 
 Temporal consistency is read with the toy reader (``attributes_constant``: every frame reads the
 same attributes; ``path_residual_px``: centroid path's distance from a straight line) plus one
@@ -100,10 +107,6 @@ VARIANTS = {
 METRICS = {"edit_accuracy": True, "attribute_accuracy": True, "preservation": True,
            "attributes_constant": True, "fully_right": True, "path_residual_px": False,
            "frame_diff_error": False}
-#: |mean difference| at or below which two variants count as equal on a metric
-TIE_TOLERANCE = {m: 1e-9 for m in METRICS} | {"path_residual_px": 0.01, "frame_diff_error": 1e-4}
-#: a claim counts as reproduced when the clip-paired two-sided sign test is below this
-ALPHA = 0.05
 FRACTIONS = ("edit_accuracy", "attribute_accuracy", "preservation", "attributes_constant", "fully_right")
 
 #: (claim id, source, the paper's words, metrics, [(ours, versus), ...])
@@ -161,27 +164,58 @@ def _aggregate(outputs, edits, inputs, truths) -> dict:
 
 
 def compare(per_clip: dict, metric: str, ours: str, versus: str) -> dict:
-    """Paired comparison of two variants on one metric over the clips (NaNs skipped)."""
-    higher = METRICS[metric]
-    c = common.paired_clips(per_clip[ours], per_clip[versus], metric, higher)
-    if c is None:
-        return {"metric": metric, "ours": ours, "versus": versus, "n": 0, "verdict": "not measurable"}
-    delta, p = c["delta"], c["p"]
-    good = delta > 0 if higher else delta < 0
-    if abs(delta) <= TIE_TOLERANCE[metric]:
-        verdict = "not reproduced (no difference)"
-    elif good:
-        verdict = (f"reproduced (sign test p {p:.3f})" if p < ALPHA else
-                   f"same direction, not significant (p {p:.2f})")
-    else:
-        verdict = "not reproduced (opposite" + (f", sign test p {p:.3f})" if p < ALPHA else f", p {p:.2f})")
-    return {"metric": metric, "higher_is_better": higher, "ours": ours, "versus": versus, "n": c["n"],
-            "mean_ours": c["mean_first"], "mean_versus": c["mean_second"], "delta": delta,
-            "clip_wins": c["wins"], "clip_losses": c["losses"], "clip_ties": c["ties"],
-            "sign_test_p": p, "verdict": verdict}
+    """:func:`common.paired_verdict`: is ``ours`` better than ``versus`` on ``metric`` over the clips?"""
+    v = common.paired_verdict(per_clip[ours], per_clip[versus], metric, METRICS[metric])
+    return {"metric": metric, "higher_is_better": v["higher_is_better"], "ours": ours, "versus": versus, "n": v["n"],
+            "mean_ours": v["mean_first"], "mean_versus": v["mean_second"], "delta": v["delta"], "se": v["se"],
+            "min_effect": v["min_effect"], "clip_wins": v["wins"], "clip_losses": v["losses"], "clip_ties": v["ties"],
+            "sign_test_p": v["p"], "verdict": v["verdict"]}
+
+
+def score_claims(per_clip: dict) -> list[dict]:
+    """Every claim of :data:`CLAIMS` with at least one of its pairs run: :func:`compare` per pair
+    and metric, and the claim's :func:`common.claim_verdict` over them."""
+    claims = []
+    for cid, source, words, metrics, pairs in CLAIMS:
+        results = [compare(per_clip, m, a, b) for a, b in pairs if a in per_clip and b in per_clip for m in metrics]
+        if results:
+            claims.append({"id": cid, "source": source, "paper": words, "results": results,
+                           "verdict": common.claim_verdict([r["verdict"] for r in results])})
+    return claims
+
+
+def rule_settings() -> dict:
+    """The verdict rule's text and minimum effects, recorded in ``settings``."""
+    return {"verdict_rule": common.VERDICT_RULE, "claim_rule": common.CLAIM_RULE,
+            "min_effect": {m: common.min_effect_of(m) for _, _, _, ms, _ in CLAIMS for m in ms}}
+
+
+def rescore(out: str) -> int:
+    """Recompute the claims and the markdown of the result ``out`` from its saved per-clip rows
+    (nothing is run); rewrites ``out`` and ``<stem>.md`` atomically."""
+    path = os.path.abspath(out)
+    with open(path) as fh:
+        doc = json.load(fh)
+    order = doc["settings"].get("variant_order") or list(doc["variants"])
+    per_clip = {k: doc["variants"][k]["per_clip"] for k in order}
+    doc["claims"] = score_claims(per_clip)
+    doc["settings"].update(rule_settings())
+    doc["rescored"] = ("claims recomputed from the saved per-clip rows with common.paired_verdict "
+                       "(bench/ablation_ei2.py --rescore; no model re-run)")
+    md_path = os.path.splitext(path)[0] + ".md"
+    doc["markdown"] = md_path
+    common.write_text_atomic(path, json.dumps(common.json_safe(doc), indent=1, allow_nan=False) + "\n")
+    common.write_text_atomic(md_path, markdown(doc))
+    for c in doc["claims"]:
+        print(f"[{BENCH}] {c['id']}: {c['verdict']} ("
+              + ", ".join(f"{r['ours']} vs {r['versus']} {r['metric']} {r['verdict']}" for r in c["results"]) + ")")
+    print(f"[{BENCH}] rescored {path}, {md_path}")
+    return 0
 
 
 def _fmt(x) -> str:
+    if x is None:  # NaN after a JSON round trip (common.json_safe)
+        return "nan"
     if isinstance(x, float):
         if not math.isfinite(x):
             return "nan"
@@ -197,7 +231,10 @@ def markdown(doc: dict) -> str:
              f"CFG {s['cfg']}, seed {s['seed']}, {doc['machine']['threads']} thread(s) on {doc['machine']['device']}. "
              "Metrics are means over clips (path residual: median over clips where an object was read). "
              "Fig. 4 / Fig. 5 of the paper are qualitative figures; the directions below are its text."), "",
-             ("| variant | edit acc. | attr. acc. | preservation | attrs constant | path resid. px | frame-diff err. "
+             common.VERDICT_RULE + " " + common.CLAIM_RULE + " Below: Δ = m ± SE, then clips better / worse.", ""]
+    if doc.get("rescored"):
+        lines += [f"Verdicts: {doc['rescored']}.", ""]
+    lines += [("| variant | edit acc. | attr. acc. | preservation | attrs constant | path resid. px | frame-diff err. "
              "| wall s / clip | paper's claimed direction | ours |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     by_variant: dict[str, list[tuple[str, str]]] = {k: [] for k in VARIANTS}
@@ -205,7 +242,8 @@ def markdown(doc: dict) -> str:
         for r in c["results"]:
             rel = (">" if r["higher_is_better"] else "<") if r.get("n") else "vs"
             by_variant[r["ours"]].append((f"{SHORT[c['id']]}: {r['metric']} {rel} `{r['versus']}`",
-                                          (f"{r['verdict']} (Δ {_fmt(r.get('delta', float('nan')))}, "
+                                          (f"{r['verdict']} (Δ {_fmt(r.get('delta', float('nan')))} ± "
+                                          f"{_fmt(r.get('se', float('nan')))}, "
                                           f"{r.get('clip_wins', 0)}/{r.get('clip_losses', 0)} clip wins/losses)")))
     for key, v in doc["variants"].items():
         a = v["aggregate"]
@@ -218,15 +256,16 @@ def markdown(doc: dict) -> str:
                      f"{_fmt(v['wall_s_per_clip'])} | {paper} | {ours} |")
     lines += ["", "## Claims", ""]
     for c in doc["claims"]:
-        lines.append(f"- **{c['id']}** ({c['source']}): {c['paper']}.")
+        lines.append(f"- **{c['id']}** ({c['source']}): {c['paper']}: **{c.get('verdict', '?')}**")
         for r in c["results"]:
             if not r.get("n"):
                 lines.append(f"  - {r['metric']}: `{r['ours']}` vs `{r['versus']}`: {r['verdict']}")
                 continue
             lines.append(f"  - {r['metric']} ({'higher' if r['higher_is_better'] else 'lower'} is better): "
                          f"`{r['ours']}` {_fmt(r['mean_ours'])} vs `{r['versus']}` {_fmt(r['mean_versus'])}, "
-                         f"Δ {_fmt(r['delta'])}, clips {r['clip_wins']} better / {r['clip_losses']} worse / "
-                         f"{r['clip_ties']} tied: **{r['verdict']}**")
+                         f"Δ {_fmt(r['delta'])} ± {_fmt(r.get('se', float('nan')))} (min effect {_fmt(r.get('min_effect'))}), "
+                         f"clips {r['clip_wins']} better / {r['clip_losses']} worse / {r['clip_ties']} tied "
+                         f"(sign test p {r['sign_test_p']:.2f}): **{r['verdict']}**")
     lines += ["", "## Per task (edit accuracy / attributes constant)", "",
               "| variant | " + " | ".join(s["tasks"]) + " |", "|---|" + "---|" * len(s["tasks"])]
     for key, v in doc["variants"].items():
@@ -257,7 +296,11 @@ def main(argv=None) -> int:
     p.add_argument("--grid-clips", type=int, default=4)
     p.add_argument("--variants", default=",".join(VARIANTS), help="subset of " + ",".join(VARIANTS))
     p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, f"{BENCH}.json"))
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute the verdicts and the markdown of --out from its saved per-clip rows (no model run)")
     args = p.parse_args(argv)
+    if args.rescore:
+        return rescore(args.out)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -347,11 +390,7 @@ def main(argv=None) -> int:
         variants[k][f"mean_abs_output_diff_vs_{ref}"] = float(np.mean(
             [np.abs(a - b).mean() for a, b in zip(outputs[k], outputs[ref])]))
 
-    claims = []
-    for cid, source, words, metrics, pairs in CLAIMS:
-        results = [compare(per_clip, m, a, b) for a, b in pairs if a in per_clip and b in per_clip for m in metrics]
-        if results:
-            claims.append({"id": cid, "source": source, "paper": words, "results": results})
+    claims = score_claims(per_clip)
 
     stem = os.path.splitext(os.path.abspath(args.out))[0]
     grid_path, md_path = f"{stem}_grid.png", f"{stem}.md"
@@ -376,7 +415,7 @@ def main(argv=None) -> int:
                         else f"{PAPER_LR:g} x {PAPER_STEPS} / tune_steps (the paper's update budget)",
                         "gate_lr_scale": tune_cfg.gate_lr_scale, "edit_steps": args.edit_steps, "cfg": args.cfg,
                         "inversion_prompt": "", "negative_prompt": "", "seed": args.seed,
-                        "grid_clips": args.grid_clips, "variant_order": keys,
+                        "grid_clips": args.grid_clips, "variant_order": keys, **rule_settings(),
                         "edits": [{"task": e.task, "instruction": e.instruction, "source": e.source_caption,
                                    "target": e.target_caption} for e in edits]},
            "timing": {"load_s": load_s, "total_s": total_s},

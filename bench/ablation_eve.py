@@ -60,8 +60,12 @@ Claims (Table 2 reports human preference for EVE on TGVE; the directions are §4
   ``fdd`` > ``uniform``.
 
 Each is checked per clip (paired) on ``fully_right``, ``edit_accuracy``, ``preservation`` and
-``attributes_constant``; a claim is "reproduced" when at least one metric moves the claimed way
-with more clip wins than losses and none moves the other way.
+``attributes_constant``, every metric by the rule all toy-world ablation benches share,
+:func:`common.paired_verdict` (paired mean change beyond 2 standard errors and a per-metric
+minimum effect; wording :data:`common.VERDICT_RULE`), and the claim by :func:`common.claim_verdict`
+over its metrics (:data:`common.CLAIM_RULE`: "reproduced" when some metric is reproduced and none
+is opposite, "opposite" the reverse, "mixed" both, otherwise "no clear change"); both texts head
+the markdown.
 
 Finished LoRAs are kept under ``--work`` (one folder per row, named by a hash of its config) and
 reused by a later run with identical settings; an interrupted training resumes from its
@@ -275,37 +279,25 @@ def clip_scores(out: np.ndarray, edit, inp: np.ndarray) -> dict:
 
 
 def compare(per_clip: dict, metric: str, better: str, worse: str) -> dict:
-    """Paired comparison: is ``better`` better than ``worse`` on ``metric`` over the clips?"""
-    higher = METRICS[metric]
-    c = common.paired_clips(per_clip[better], per_clip[worse], metric, higher)
-    if c is None:
-        return {"metric": metric, "n": 0, "verdict": "not measurable"}
-    delta, wins, losses = c["delta"], c["wins"], c["losses"]
-    good = delta > 0 if higher else delta < 0
-    if delta == 0:
-        verdict = "no difference"
-    elif good:
-        verdict = "claimed direction" if wins > losses else "claimed direction in the mean only"
-    else:
-        verdict = "opposite"
-    return {"metric": metric, "higher_is_better": higher, "n": c["n"], "mean_better": c["mean_first"],
-            "mean_worse": c["mean_second"], "delta": delta, "clip_wins": wins, "clip_losses": losses,
-            "clip_ties": c["ties"], "sign_test_p": c["p"], "verdict": verdict}
+    """:func:`common.paired_verdict`: is ``better`` better than ``worse`` on ``metric`` over the clips?"""
+    v = common.paired_verdict(per_clip[better], per_clip[worse], metric, METRICS[metric])
+    return {"metric": metric, "higher_is_better": v["higher_is_better"], "n": v["n"], "mean_better": v["mean_first"],
+            "mean_worse": v["mean_second"], "delta": v["delta"], "se": v["se"], "min_effect": v["min_effect"],
+            "clip_wins": v["wins"], "clip_losses": v["losses"], "clip_ties": v["ties"], "sign_test_p": v["p"],
+            "verdict": v["verdict"]}
 
 
-def claim_verdict(results: list[dict]) -> str:
-    """'reproduced' when some metric moves the claimed way (more clip wins than losses) and none
-    the other way; 'not reproduced (opposite)' when some move the other way and none the claimed
-    way; 'mixed' when both; 'not reproduced (no difference)' otherwise."""
-    pro = sum(r["verdict"] == "claimed direction" for r in results)
-    con = sum(r["verdict"] == "opposite" for r in results)
-    if pro and not con:
-        return "reproduced"
-    if con and not pro:
-        return "not reproduced (opposite)"
-    if pro and con:
-        return "mixed"
-    return "not reproduced (no difference)"
+def score_claims(per_clip: dict) -> list[dict]:
+    """Every claim of :data:`CLAIMS` whose two rows were run: per-metric :func:`compare` and the
+    claim's :func:`common.claim_verdict`."""
+    claims = []
+    for cid, row, better, worse, words, source in CLAIMS:
+        if better in per_clip and worse in per_clip:
+            res = [compare(per_clip, m, better, worse) for m in CLAIM_METRICS]
+            claims.append({"id": cid, "row": row, "better": better, "worse": worse, "paper": words, "source": source,
+                           "metrics": list(CLAIM_METRICS), "results": res,
+                           "verdict": common.claim_verdict([r["verdict"] for r in res])})
+    return claims
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,10 +326,10 @@ def markdown(doc: dict) -> str:
              f"{doc['machine']['threads']} thread(s) on {doc['machine']['device']}."), "",
              ("The paper's Table 2 is human preference for EVE on TGVE (its numbers are not in our text copy; "
              "the directions are §4.3's text). Ours are automatic toy-world scores (means over clips; path "
-             "residual: median). A claim is *reproduced* when at least one of fully-right / edit accuracy / "
-             "preservation / attributes-constant moves the claimed way with more clip wins than losses and none "
-             "moves the other way (paired over clips; Δ = claimed-better minus claimed-worse, then clip "
-             "wins/losses)."), "",
+             "residual: median). Each claim is checked on fully-right / edit accuracy / preservation / "
+             "attributes-constant, the claimed-better row against the claimed-worse one."), "",
+             common.VERDICT_RULE + " " + common.CLAIM_RULE + " Below: per metric Δ = m ± SE, then clips "
+             "better / worse.", "",
              ("| row | fully right | edit acc. | attr. acc. | preservation | attrs constant | path resid. px "
              "| train s (s/it) | edit s / clip | paper's claimed direction | ours |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -354,7 +346,7 @@ def markdown(doc: dict) -> str:
             paper = "<br>".join(f"`{c['better']}` > `{c['worse']}`: {c['paper']} ({c['source']})" for c in claims)
             ours = "<br>".join(
                 f"**{c['verdict']}** (" + ", ".join(
-                    f"{SHORT[m['metric']]} Δ{_fmt(m.get('delta', float('nan')), 2)} "
+                    f"{SHORT[m['metric']]} Δ{_fmt(m.get('delta', float('nan')), 2)}±{_fmt(m.get('se', float('nan')), 2)} "
                     f"{m.get('clip_wins', 0)}/{m.get('clip_losses', 0)}" for m in c["results"]) + ")"
                 for c in claims)
         elif key == "fdd":
@@ -396,7 +388,8 @@ def markdown(doc: dict) -> str:
             if not m.get("n"):
                 lines.append(f"  - {m['metric']}: not measurable")
                 continue
-            lines.append(f"  - {m['metric']}: {_fmt(m['mean_better'])} vs {_fmt(m['mean_worse'])}, Δ {_fmt(m['delta'])}, "
+            lines.append(f"  - {m['metric']}: {_fmt(m['mean_better'])} vs {_fmt(m['mean_worse'])}, "
+                         f"Δ {_fmt(m['delta'])} ± {_fmt(m.get('se', float('nan')))} (min effect {m.get('min_effect', '?')}), "
                          f"clips {m['clip_wins']} better / {m['clip_losses']} worse / {m['clip_ties']} tied "
                          f"(sign test p {_fmt(m['sign_test_p'], 2)}): {m['verdict']}")
     lines += ["", "## Caveats", "",
@@ -584,12 +577,7 @@ def main(argv=None) -> int:
                                                              for a, b in zip(outputs[k], outputs[ref])]))
         rows[k] = r
 
-    claims = []
-    for cid, row, better, worse, words, source in CLAIMS:
-        if better in per_clip and worse in per_clip:
-            res = [compare(per_clip, m, better, worse) for m in CLAIM_METRICS]
-            claims.append({"id": cid, "row": row, "better": better, "worse": worse, "paper": words, "source": source,
-                           "metrics": list(CLAIM_METRICS), "results": res, "verdict": claim_verdict(res)})
+    claims = score_claims(per_clip)
 
     stem = os.path.splitext(os.path.abspath(args.out))[0]
     grid_path, md_path = f"{stem}_grid.png", f"{stem}.md"
@@ -618,6 +606,8 @@ def main(argv=None) -> int:
                         "first_frame": args.first_frame, "dino_resolution": args.dino_resolution,
                         "dataset_items": args.dataset_items, "data_seed": args.data_seed, "heldout_seed": HELDOUT_SEED,
                         "seed": args.seed, "grid_clips": args.grid_clips, "row_order": keys, "work": work,
+                        "verdict_rule": common.VERDICT_RULE, "claim_rule": common.CLAIM_RULE,
+                        "min_effect": {m: common.min_effect_of(m) for m in CLAIM_METRICS},
                         "edits": [{"task": e.task, "instruction": e.instruction, "source": e.source_caption,
                                    "target": e.target_caption} for e in edits]},
            "timing": {"load_s": load_s, "total_s": total_s,

@@ -280,10 +280,13 @@ def sign_test_p(wins: int, losses: int) -> float:
 
 
 def paired_clips(first: list[dict], second: list[dict], metric: str, higher_is_better: bool) -> Optional[dict]:
-    """Paired comparison of two variants' per-clip rows on ``metric`` (clips where either is NaN
-    are skipped): ``n``, both means, ``delta`` = mean(first) - mean(second), clip wins / losses /
-    ties of ``first`` (better = higher or lower as said) and the sign test's ``p``; None when no
-    clip has both values."""
+    """Paired comparison of two variants' per-clip rows on ``metric`` (clips where either value is
+    NaN / None are skipped): ``n``, both means, ``delta`` = mean(first) - mean(second), ``se`` = the
+    standard error of the per-clip differences first - second (sd with ddof 1 over sqrt n; NaN when
+    n < 2), clip wins / losses / ties of ``first`` (better = higher or lower as said) and the sign
+    test's ``p``; None when no clip has both values."""
+    import math
+
     import numpy as np
 
     a = np.array([r[metric] for r in first], float)
@@ -292,8 +295,97 @@ def paired_clips(first: list[dict], second: list[dict], metric: str, higher_is_b
     a, b = a[ok], b[ok]
     if len(a) == 0:
         return None
+    d = a - b
     wins = int(((a > b) if higher_is_better else (a < b)).sum())
     losses = int(((a < b) if higher_is_better else (a > b)).sum())
     return {"n": int(len(a)), "mean_first": float(a.mean()), "mean_second": float(b.mean()),
-            "delta": float(a.mean() - b.mean()), "wins": wins, "losses": losses,
-            "ties": int(len(a) - wins - losses), "p": sign_test_p(wins, losses)}
+            "delta": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
+            "wins": wins, "losses": losses, "ties": int(len(a) - wins - losses), "p": sign_test_p(wins, losses)}
+
+
+# --------------------------------------------------------------------------------------------
+# the toy-world ablations' verdict on a paper's claim (one rule for every ablation bench)
+
+#: smallest mean per-clip change that counts as a change, per metric (below it: "no clear change"
+#: however small the standard error): fractions of clips / frames 0.01 (one point), contamination
+#: (fraction of the pixels outside the edited object) 0.001, the frame-difference error (mean
+#: absolute pixel difference, 0..1) 0.001, the centroid-path residual 0.05 px
+MIN_EFFECT = {
+    "edit_accuracy": 0.01, "attribute_accuracy": 0.01, "preservation": 0.01, "attributes_constant": 0.01,
+    "fully_right": 0.01, "contamination": 0.001, "frame_diff_error": 0.001,
+    "path_residual_px": 0.05, "path_residual_px_median": 0.05,
+}
+
+#: the verdicts of :func:`paired_verdict`
+VERDICTS = ("reproduced", "opposite", "no clear change", "not measurable")
+
+VERDICT_RULE = (
+    "Each claim is checked per metric, paired over clips (clips where either value is undefined "
+    "are skipped): per clip, d = the value of the variant the claim is about minus that of the "
+    "variant it is compared with; m = mean(d) over the n paired clips, SE = sd(d) / sqrt(n). "
+    "**reproduced** when m goes the claimed way (up or down), |m| > 2 SE and |m| is at least the "
+    f"metric's minimum effect ({MIN_EFFECT['edit_accuracy']:g} for fractions of clips / frames, "
+    f"{MIN_EFFECT['contamination']:g} for contamination and {MIN_EFFECT['frame_diff_error']:g} for "
+    f"the frame-difference error, {MIN_EFFECT['path_residual_px']:g} px for the path residual); "
+    "**opposite** when m clears both bars the other way; **no clear change** otherwise; **not "
+    "measurable** with fewer than 2 paired clips. Clip wins / losses / ties and the two-sided sign "
+    "test's p are reported beside it as information only.")
+
+CLAIM_RULE = (
+    "A claim checked on several metrics (or variant pairs) is **reproduced** when at least one is "
+    "reproduced and none is opposite, **opposite** when at least one is opposite and none "
+    "reproduced, **mixed** when both, **no clear change** otherwise (**not measurable** when none "
+    "could be measured).")
+
+
+def min_effect_of(metric: str) -> float:
+    """:data:`MIN_EFFECT` of ``metric``; a metric missing from the table is refused (no silent default)."""
+    try:
+        return MIN_EFFECT[metric]
+    except KeyError:
+        raise KeyError(f"no minimum effect for metric {metric!r}: add it to common.MIN_EFFECT") from None
+
+
+def paired_verdict(first_rows: list[dict], second_rows: list[dict], metric: str, higher_is_better: bool,
+                   min_effect: float | None = None) -> dict:
+    """The ablation benches' one rule (:data:`VERDICT_RULE`): is ``first`` better than ``second`` on
+    ``metric`` over the paired clips? ``higher_is_better`` gives the claimed way (True: the claim is
+    that ``first`` is higher). ``min_effect`` defaults to :data:`MIN_EFFECT` of the metric.
+
+    Returns :func:`paired_clips`' fields (``n``, ``mean_first``, ``mean_second``, ``delta`` = m,
+    ``se``, ``wins``, ``losses``, ``ties``, ``p``; NaN / 0 where nothing was paired) plus
+    ``higher_is_better``, ``min_effect`` and ``verdict``, one of :data:`VERDICTS`: "not measurable"
+    when n < 2; "no clear change" when |m| < min_effect or |m| <= 2 SE (SE 0, every clip changed
+    by the same nonzero amount, is a clear change); otherwise "reproduced" when m > 0 for
+    ``higher_is_better`` (m < 0 otherwise), else "opposite"."""
+    if min_effect is None:
+        min_effect = min_effect_of(metric)
+    c = paired_clips(first_rows, second_rows, metric, higher_is_better)
+    if c is None:
+        nan = float("nan")
+        c = {"n": 0, "mean_first": nan, "mean_second": nan, "delta": nan, "se": nan, "wins": 0, "losses": 0,
+             "ties": 0, "p": 1.0}
+    m, se = c["delta"], c["se"]
+    if c["n"] < 2:
+        verdict = "not measurable"
+    elif abs(m) < min_effect or abs(m) <= 2 * se:
+        verdict = "no clear change"
+    else:
+        verdict = "reproduced" if (m > 0) == bool(higher_is_better) else "opposite"
+    return {**c, "higher_is_better": bool(higher_is_better), "min_effect": float(min_effect), "verdict": verdict}
+
+
+def claim_verdict(verdicts: list[str]) -> str:
+    """One claim's verdict from its per-metric :func:`paired_verdict` verdicts (:data:`CLAIM_RULE`):
+    "reproduced" / "opposite" / "mixed" / "no clear change" / "not measurable"."""
+    pro = sum(v == "reproduced" for v in verdicts)
+    con = sum(v == "opposite" for v in verdicts)
+    if pro and con:
+        return "mixed"
+    if pro:
+        return "reproduced"
+    if con:
+        return "opposite"
+    if verdicts and all(v == "not measurable" for v in verdicts):
+        return "not measurable"
+    return "no clear change"

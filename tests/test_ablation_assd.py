@@ -69,8 +69,10 @@ def test_smoke_run_writes_every_variant_scored_table_and_grid(bench, toy_untrain
 
     assert {c["variant"] for c in doc["claims"]} == {"assd", "assd+fusion", "full"}
     for c in doc["claims"]:
-        assert c["verdict"] in ("reproduced", "opposite", "no clear change", "too few clips")
+        assert c["verdict"] in ("reproduced", "opposite", "no clear change", "not measurable")
         assert c["diff"]["n"] <= 2 and c["source"]
+        assert c["diff"]["min_effect"] == s["min_effect"][c["metric"]]
+    assert s["verdict_rule"] == bench.common.VERDICT_RULE
 
     assert [c["name"] for c in doc["comparisons"]] == [
         "assd_vs_dds_edit_time_per_clip", "assd_fusion_vs_dds_edit_time_per_clip", "full_vs_dds_edit_time_per_clip"]
@@ -104,18 +106,22 @@ def test_missing_run_is_a_clear_error(bench, tmp_path):
         bench.main(["--run", str(tmp_path), "--clips", "1", "--iters", "1", "--threads", "1"])
 
 
-def test_verdict_on_paired_differences(bench):
-    # after - before = -0.1, -0.1, -0.15: mean -0.11667, sample sd 0.028868, se 0.016667
-    d = bench.paired_difference([0.1, 0.2, 0.3], [0.2, 0.3, 0.45])
-    assert d["n"] == 3 and math.isclose(d["mean"], -0.35 / 3) and math.isclose(d["se"], 0.05 / 3, rel_tol=1e-6)
-    assert bench.verdict(d, -1, "edit_accuracy") == "reproduced"
-    assert bench.verdict(d, +1, "edit_accuracy") == "opposite"
-    # within 2 SE: mean 0.1, se = sd(0, 0.2) / sqrt 2 = 0.1
-    wide = bench.paired_difference([0.0, 0.2], [0.0, 0.0])
-    assert math.isclose(wide["se"], 0.1) and bench.verdict(wide, +1, "edit_accuracy") == "no clear change"
-    # consistent but below the minimum effect (0.001 for contamination) is no change
-    tiny = bench.paired_difference([0.0005, 0.0006], [0.0, 0.0])
-    assert bench.verdict(tiny, +1, "contamination") == "no clear change"
-    assert bench.verdict(bench.paired_difference([0.5], [0.0]), +1, "edit_accuracy") == "too few clips"
+def test_claims_use_the_shared_rule_in_the_claimed_direction(bench):
+    # the rule itself is tested in tests/test_bench_common.py; here: which variant is "first",
+    # and that a claimed decrease (direction -1) is reproduced by a decrease
+    per_clip = {"dds": [{"contamination": c} for c in (0.02, 0.03, 0.025, 0.04)],
+                "assd": [{"contamination": c} for c in (0.01, 0.015, 0.012, 0.02)]}
+    claim = {"variant": "assd", "vs": "dds", "metric": "contamination", "direction": -1}
+    got = bench.check_claim(per_clip, claim)
+    # assd - dds = -0.01, -0.015, -0.013, -0.02: mean -0.0145, sample sd 0.004203, se 0.0021016
+    assert got["verdict"] == "reproduced"
+    d = got["diff"]
+    assert d["n"] == 4 and math.isclose(d["mean"], -0.0145) and math.isclose(d["se"], 0.0021016, rel_tol=1e-4)
+    assert (d["clip_wins"], d["clip_losses"], d["clip_ties"]) == (4, 0, 0) and d["min_effect"] == 0.001
+    assert bench.check_claim(per_clip, {**claim, "direction": +1})["verdict"] == "opposite"
+    assert bench.check_claim(per_clip, {**claim, "variant": "dds", "vs": "assd"})["verdict"] == "opposite"
     # undefined values (no object tracked: NaN / None) are left out of the pairs
-    assert bench.paired_difference([1.0, float("nan"), None], [0.5, 0.5, 0.5])["n"] == 1
+    per_clip = {"a": [{"edit_accuracy": v} for v in (1.0, float("nan"), None)],
+                "b": [{"edit_accuracy": 0.5}] * 3}
+    got = bench.check_claim(per_clip, {"variant": "a", "vs": "b", "metric": "edit_accuracy", "direction": +1})
+    assert got["diff"]["n"] == 1 and got["verdict"] == "not measurable"

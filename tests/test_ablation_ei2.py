@@ -57,8 +57,11 @@ def test_every_variant_is_scored_with_its_configuration(ablation):
     ids = {c["id"] for c in doc["claims"]}
     assert ids == {"fig4_ic_sn_over_ln", "fig5_ffam_over_sca", "tab1_ei2_over_tav"}
     for c in doc["claims"]:
+        assert c["verdict"] in ("reproduced", "opposite", "mixed", "no clear change", "not measurable")
+        assert c["verdict"] == ablation_ei2.common.claim_verdict([r["verdict"] for r in c["results"]])
         for r in c["results"]:
-            assert r["verdict"].startswith(("reproduced", "same direction", "not reproduced", "not measurable")), r
+            assert r["verdict"] in ablation_ei2.common.VERDICTS, r
+            assert r["min_effect"] == doc["settings"]["min_effect"][r["metric"]]
     (cmp,) = doc["comparisons"]
     assert cmp["unit"] == "s" and cmp["ours"] > 0 and cmp["baseline"] > 0
 
@@ -91,3 +94,26 @@ def test_markdown_and_grid_are_written(ablation):
     img = Image.open(grid_path)
     rows = 2 * (2 + len(EXPECTED))  # 2 clips x (input, ground truth, 4 variants)
     assert img.size == (8 * 34 * 2, rows * 34 * 2)
+
+
+def test_rescore_recomputes_the_verdicts_from_the_saved_rows(ablation, tmp_path):
+    import shutil
+
+    out, doc = ablation
+    copy = tmp_path / "ablation_ei2.json"
+    shutil.copy(out, copy)
+    saved = json.loads(copy.read_text())
+    for c in saved["claims"]:  # stale verdicts, as written by an older rule
+        c["verdict"] = "stale"
+        for r in c["results"]:
+            r["verdict"] = "stale"
+    copy.write_text(json.dumps(saved))
+    assert ablation_ei2.main(["--rescore", "--out", str(copy)]) == 0
+    new = json.loads(copy.read_text())
+    assert [c["verdict"] for c in new["claims"]] == [c["verdict"] for c in doc["claims"]]
+    assert [[r["verdict"] for r in c["results"]] for c in new["claims"]] == \
+        [[r["verdict"] for r in c["results"]] for c in doc["claims"]]
+    assert new["variants"] == doc["variants"] and new["machine"] == doc["machine"] and new["rescored"]
+    md = (tmp_path / "ablation_ei2.md").read_text()
+    assert new["markdown"] == str(tmp_path / "ablation_ei2.md") and "--rescore" in md and "stale" not in md
+    assert ablation_ei2.common.VERDICT_RULE in md

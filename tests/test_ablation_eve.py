@@ -51,8 +51,13 @@ def test_every_row_scored_and_files_written(result):
     assert {c["id"] for c in doc["claims"]} == {"no_alignment_poor", "both_terms_vital_sds", "sds_larger_impact",
                                                 "adversarial_alone_some_alignment", "both_terms_vital_disc",
                                                 "kbin_helps"}
+    import ablation_eve
+
     for c in doc["claims"]:
-        assert len(c["results"]) == 4 and c["verdict"]
+        assert len(c["results"]) == 4
+        assert c["verdict"] == ablation_eve.common.claim_verdict([r["verdict"] for r in c["results"]])
+        for r in c["results"]:
+            assert r["verdict"] in ablation_eve.common.VERDICTS and r["min_effect"] == doc["settings"]["min_effect"][r["metric"]]
     md = out.with_suffix(".md")
     grid = out.parent / "ablation_eve_grid.png"
     assert md.is_file() and grid.is_file()
@@ -64,6 +69,26 @@ def test_every_row_scored_and_files_written(result):
 
     with Image.open(grid) as im:  # 1 clip: input, ground truth, 5 rows
         assert im.height == 7 * (32 + 2) * 2
+
+
+def test_claims_aggregate_the_shared_per_metric_verdicts():
+    import ablation_eve
+
+    # fdd beats pnp on edit accuracy on every clip (reproduced), preservation unchanged
+    per_clip = {"fdd": [{"fully_right": 0.0, "edit_accuracy": 0.9 + 0.01 * i, "preservation": 0.5,
+                         "attributes_constant": 1.0} for i in range(4)],
+                "pnp": [{"fully_right": 0.0, "edit_accuracy": 0.5, "preservation": 0.5,
+                         "attributes_constant": 1.0} for _ in range(4)]}
+    (c,) = ablation_eve.score_claims(per_clip)
+    assert c["id"] == "no_alignment_poor" and [r["verdict"] for r in c["results"]] == [
+        "no clear change", "reproduced", "no clear change", "no clear change"]
+    assert c["verdict"] == "reproduced"
+    r = c["results"][1]
+    assert (r["clip_wins"], r["clip_losses"], r["n"]) == (4, 0, 4) and math.isclose(r["delta"], 0.415)
+    # ... and worse on preservation on every clip: mixed
+    for row in per_clip["fdd"]:
+        row["preservation"] = 0.25
+    assert ablation_eve.score_claims(per_clip)[0]["verdict"] == "mixed"
 
 
 def test_variants_train_differently(result):
