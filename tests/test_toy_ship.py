@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -32,9 +33,36 @@ def test_ship_writes_the_category_tree_with_cards_in_fp16(toy_untrained, tmp_pat
         assert on_disk["models"][comp]["bytes"] > 0
     assert "## backbone: `checkpoints/toy_sd1.safetensors`" in (out / "README.md").read_text()
     assert toy_paths(str(out))["t2v"] == str(out / LAYOUT["t2v"])
+    assert set(on_disk["models"]["controlnet"]["vae_ceiling"]) >= {"edit_accuracy", "preservation"}
+    assert on_disk["models"]["motion"]["vae_ceiling"]["n"] == 1 and on_disk["models"]["t2v"]["vae_ceiling"] is None
+    assert "- ceiling (ground truth through the shipped VAE" in (out / "README.md").read_text()
     # an untrained set meets no floor
     assert floors_met(cards["models"] and {k: v["quality"] for k, v in cards["models"].items()}) == {
         "backbone": False, "controlnet": False, "motion": False}
+
+
+class _IdentityVAE:
+    """A kit whose VAE is exact: encode is the pixels, decode maps them back to 0..1 frames."""
+
+    def encode_images(self, pixels):
+        return pixels.clone()
+
+    def decode(self, latents):
+        return ((latents + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def test_vae_ceilings_score_ground_truth_through_the_vae():
+    from fdd.toy import train as T
+
+    cfg = T.TrainConfig(eval_samples=48)
+    edit = T.vae_ceiling_edit(_IdentityVAE(), cfg)
+    # rendered ground truth scores (almost) perfectly: the evaluator misreads ~1 % of edits
+    assert edit["n"] == 48 and edit["edit_accuracy"] >= 0.95 and edit["preservation"] >= 0.95
+    video = T.vae_ceiling_video(_IdentityVAE(), replace(cfg, eval_samples=12))
+    assert video["n"] == 12 and video["attributes_constant"] >= 11 / 12 and video["attribute_accuracy_f0"] == 1.0
+    assert video["path_residual_px_median"] < 0.3  # rendered truth: ~0.19 px of pixelation
+    assert edit.keys() == {"edit_accuracy", "preservation", "attribute_accuracy", "fully_right",
+                           "per_task_fully_right", "n"}
 
 
 def test_floors_rule():

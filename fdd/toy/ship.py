@@ -11,7 +11,7 @@ with ComfyUI and the loader nodes list the files without any download):
 | ``controlnet/toy_controlnet_edit.safetensors`` | edit adapter (EVE phase 1) | ``fdd.models.controlnet.load_controlnet`` |
 | ``animatediff_models/toy_motion_module.safetensors`` | video adapter (AnimateDiff original keys) | ``fdd.models.motion.load_motion_adapter`` |
 | ``diffusers/toy_t2v/`` | UNet3D text-to-video prior with its VAE / text encoder / tokenizer | ``fdd.models.t2v.load_t2v_unet`` |
-| ``cards.json``, ``README.md`` | model cards: command, seed, steps, minutes, measured quality, floors | |
+| ``cards.json``, ``README.md`` | model cards: command, seed, steps, minutes, measured quality, VAE ceiling, floors | |
 
 The cards' quality figures are measured on the SHIPPED files (after the dtype cast), loaded
 through the pack's own loaders, with :mod:`fdd.toy.train`'s evaluators on fixed seeds; the fp32
@@ -112,6 +112,16 @@ def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float
     return res
 
 
+def vae_ceilings(paths: dict, n_image: int = 256, n_video: int = 64) -> dict:
+    """The same evaluations on ground truth sent through the shipped VAE (``controlnet``: the
+    edited frames, ``motion``: the clips): what a perfect adapter decoded by this VAE would score,
+    printed beside each floor."""
+    kit = load_backbone_kit(paths)
+    cfg = T.TrainConfig(eval_samples=n_image)
+    return {"controlnet": T.vae_ceiling_edit(kit, cfg),
+            "motion": T.vae_ceiling_video(kit, replace(cfg, eval_samples=n_video))}
+
+
 def floors_met(scores: dict) -> dict[str, bool]:
     out = {}
     for comp, floor in FLOORS.items():
@@ -170,6 +180,10 @@ def write_cards(folder: str, cards: dict) -> None:
         if card.get("quality_fp32"):
             q = {k: v for k, v in card["quality_fp32"].items() if not isinstance(v, dict)}
             lines.append("- quality (fp32 before the cast): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
+        if card.get("vae_ceiling"):
+            q = {k: v for k, v in card["vae_ceiling"].items() if not isinstance(v, dict)}
+            lines.append("- ceiling (ground truth through the shipped VAE, scored alike): "
+                         + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
         if comp in cards.get("floors_met", {}):
             lines.append(f"- floor {FLOORS[comp]}: {'met' if cards['floors_met'][comp] else 'NOT met'}")
         lines.append("")
@@ -193,6 +207,7 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
     shutil.rmtree(stage, ignore_errors=True)
     paths = _write_tree(run, stage, dtype)
     scores = measure(paths, n_image, n_video, cfg_scale)
+    ceilings = vae_ceilings(paths, n_image, n_video)
     fp32 = {}
     if compare_fp32 and dtype != torch.float32:
         fp32 = measure(toy_paths(run), n_image, n_video, cfg_scale, components=("backbone", "controlnet"))
@@ -215,7 +230,7 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
                                       f"stages (total steps, lr, offset noise) {T.STAGES[train_name[comp]]}"
                                       if train_name[comp] in T.STAGES else ""),
                         **rec, "bytes": _size(paths[comp]), "quality": scores.get(comp),
-                        "quality_fp32": fp32.get(comp)}
+                        "quality_fp32": fp32.get(comp), "vae_ceiling": ceilings.get(comp)}
     vae = _training_record(run, "vae")
     models["backbone"]["vae_training"] = vae
     cards = {"settings": {"dtype": str(dtype).replace("torch.", ""), "n_image": n_image, "n_video": n_video,

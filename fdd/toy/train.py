@@ -747,7 +747,11 @@ def eval_edit(kit: Toolkit, cn, cfg: TrainConfig, seed: int = 12345) -> dict:
                     torch.cat([hint, hint]))
         return e.chunk(2)
 
-    imgs = kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed))
+    return _score_edits(kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed)), src, edits, idx)
+
+
+def _score_edits(imgs, src, edits, idx) -> dict:
+    """eval_edit's scores of output frames ``imgs`` ``[N, H, W, 3]`` for the sampled edits."""
     from .heldout import score_set
 
     frames = [replace(e, source=e.source.at(k), target=e.target.at(k)) for e, k in zip(edits, idx)]  # frame scored
@@ -755,7 +759,17 @@ def eval_edit(kit: Toolkit, cn, cfg: TrainConfig, seed: int = 12345) -> dict:
     sc = score_set([img[None] for img in imgs], frames, inputs)
     return {"edit_accuracy": sc["edit_accuracy"], "preservation": sc["preservation"],
             "attribute_accuracy": sc["attribute_accuracy"], "fully_right": sc["fully_right"],
-            "per_task_fully_right": {t: v["fully_right"] for t, v in sc["per_task"].items()}, "n": n}
+            "per_task_fully_right": {t: v["fully_right"] for t, v in sc["per_task"].items()}, "n": len(imgs)}
+
+
+@torch.no_grad()
+def vae_ceiling_edit(kit: Toolkit, cfg: TrainConfig, seed: int = 12345) -> dict:
+    """eval_edit's scores of the ground-truth edited frames of the same edits after a round trip
+    through the VAE: the best any model decoded by this VAE can score there (the evaluator reads
+    blurred shapes less reliably than rendered ones)."""
+    rng = np.random.default_rng(seed)
+    src, tgt, _, _, edits, idx = sample_edits(rng, cfg.eval_samples, cfg.size, cfg.frames)
+    return _score_edits(kit.decode(kit.encode_images(tgt)), src, edits, idx)
 
 
 def train_controlnet(out: str, cfg: TrainConfig) -> dict:
@@ -791,7 +805,29 @@ def eval_video(kit: Toolkit, denoise: Callable, cfg: TrainConfig, seed: int = 12
         return e.chunk(2)
 
     lat = _ddim(ecu, (n, 4, Fr, h, h), cfg, seed)
-    imgs = kit.decode(lat.permute(0, 2, 1, 3, 4).reshape(n * Fr, 4, h, h)).reshape(n, Fr, cfg.size, cfg.size, 3)
+    return _score_videos(_decode_clips(kit, lat), scenes)
+
+
+def _decode_clips(kit: Toolkit, lat: torch.Tensor) -> np.ndarray:
+    """``(N, C, F, h, w)`` latents -> ``[N, F, H, W, 3]`` frames."""
+    n, C, Fr, h, w = lat.shape
+    imgs = kit.decode(lat.permute(0, 2, 1, 3, 4).reshape(n * Fr, C, h, w))
+    return imgs.reshape(n, Fr, *imgs.shape[1:])
+
+
+@torch.no_grad()
+def vae_ceiling_video(kit: Toolkit, cfg: TrainConfig, seed: int = 12345) -> dict:
+    """eval_video's scores of the ground-truth clips of the same captions after a round trip
+    through the VAE (the ceiling of any video model decoded by it; see vae_ceiling_edit)."""
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, cfg.size, cfg.frames) for _ in range(cfg.eval_samples)]
+    clips = torch.stack([_to_pixels(render_clip(s, cfg.frames)) for s in scenes])
+    return _score_videos(_decode_clips(kit, _video_latents(kit, clips)), scenes)
+
+
+def _score_videos(imgs: np.ndarray, scenes) -> dict:
+    """eval_video's scores of clips ``[N, F, H, W, 3]`` sampled for ``scenes``' captions."""
+    n = len(imgs)
     const, resid, attr = [], [], 0
     for clip, s in zip(imgs, scenes):
         sf = score_frames(clip)
