@@ -87,8 +87,10 @@ def main(argv=None) -> int:
                 "contamination")
         print(f"[demo] {name}: '{sc['instruction']}' -> toy evaluator: "
               + ", ".join(f"{k} {sc[k]:.3f}" if isinstance(sc.get(k), float) else f"{k} {sc.get(k)}" for k in keys))
-    with open(os.path.join(args.out, "scores.json"), "w") as fh:
+    scores_path = os.path.join(args.out, "scores.json")
+    with open(scores_path + ".tmp", "w") as fh:  # written whole, then renamed: never half a file
         json.dump([{"workflow": n, **s} for n, s in scores], fh, indent=1)
+    os.replace(scores_path + ".tmp", scores_path)
     return 0 if videos and n_frames else 1
 
 

@@ -106,7 +106,7 @@ def eve_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, capt
     cfg.validate()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
-    pixels, (F_, H, W), (h, w) = prepare_frames(bb, frames, device)
+    pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)
     schedule = DDIMSchedule()
     anchor = None
     if cfg.first_frame == "edit" and stack.controlnet is not None:

@@ -3,4 +3,4 @@
 from .stack import VideoEditStack
 from .plug_and_play import PlugAndPlayConfig, denoise_steps, plug_and_play_edit
 
-__all__ = ["VideoEditStack", "PlugAndPlayConfig", "plug_and_play_edit"]
+__all__ = ["VideoEditStack", "PlugAndPlayConfig", "denoise_steps", "plug_and_play_edit"]

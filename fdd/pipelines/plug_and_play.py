@@ -139,7 +139,7 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
     cfg.validate()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
-    pixels, (F_, H, W), (h, w) = prepare_frames(bb, frames, device)
+    pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)
     with stack.applied_loras():
         te = bb.text_encoder
         caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)

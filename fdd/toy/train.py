@@ -76,7 +76,6 @@ from .evaluate import (
     expected_reading,
     read_frame,
     reading_matches,
-    score_clip,
     score_frames,
 )
 from .world import (
