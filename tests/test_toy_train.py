@@ -185,3 +185,26 @@ def test_resume_is_exact(tmp_path):
     a = torch.load(tmp_path / "a" / "vae" / "state.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "vae" / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_all_parallel_runs_the_waves(tmp_path):
+    """``train all --parallel`` trains every component (one subprocess per component of a wave),
+    leaves each one's log, final weights and the real-format exports."""
+    from fdd.toy.__main__ import WAVES, main
+
+    assert main(["train", "all", "--parallel", "--out", str(tmp_path), "--steps", "1", "--batch", "2",
+                 "--eval-samples", "1", "--eval-every", "0"]) == 0
+    for name in ("vae", "unet", "controlnet", "motion", "t2v"):
+        assert os.path.isfile(tmp_path / name / "final.pt"), name
+        assert json.load(open(tmp_path / name / "result.json"))["step"] == 1
+    assert [c for w in WAVES for c in w][:2] == ["text", "vae"]
+    for key in ("backbone", "controlnet", "motion", "t2v"):
+        assert os.path.exists(tmp_path / "export" / EXPORT[key]), key
+    assert (tmp_path / "motion.log").read_text().strip()
+
+
+def test_cli_parallel_needs_all(tmp_path):
+    from fdd.toy.__main__ import main
+
+    with pytest.raises(SystemExit, match="only with the component 'all'"):
+        main(["train", "vae", "--parallel", "--out", str(tmp_path)])

@@ -36,6 +36,11 @@ def main(argv=None) -> int:
     t.add_argument("--ckpt-every", type=int, default=None)
     t.add_argument("--cfg-scale", type=float, default=None)
     t.add_argument("--offset-noise", type=float, default=None, help="offset-noise scale (see training_noise)")
+    t.add_argument("--device", default=None, help="torch device to train on (default cpu; e.g. cuda)")
+    t.add_argument("--parallel", action="store_true",
+                   help="with 'all': train the components that do not depend on each other at the same time, "
+                        "one subprocess each (text, vae, then unet and t2v, then controlnet and motion); "
+                        "each writes RUN/<component>.log")
     sh = sub.add_parser("ship", help="write a trained run as the shipped models tree with measured model cards")
     sh.add_argument("--run", required=True, help="the training run folder (python -m fdd.toy train all --out RUN)")
     sh.add_argument("--out", default=None, help="destination (default: the pack's models/toy)")
@@ -64,12 +69,16 @@ def main(argv=None) -> int:
     from .train import (COMPONENTS, STAGES, DEFAULT_MINUTES, DEFAULT_SETTINGS, DEFAULT_STEPS, TrainConfig,
                         train)
 
+    if args.parallel:
+        if args.component != "all":
+            raise SystemExit("--parallel: only with the component 'all'")
+        return _train_waves(args, argv)
     names = list(COMPONENTS) if args.component == "all" else [args.component]
     for name in names:
         cfg = TrainConfig(seed=args.seed, minutes=args.minutes if args.minutes is not None else DEFAULT_MINUTES[name],
                           steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
                           **DEFAULT_SETTINGS.get(name, {}))
-        for k in ("batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale", "offset_noise"):
+        for k in ("batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale", "offset_noise", "device"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)
@@ -78,6 +87,41 @@ def main(argv=None) -> int:
                 res = train(name, args.out, replace(cfg, steps=steps, lr=lr, offset_noise=offset))
         print(json.dumps({"component": name, "step": res.get("step"), "loss": res.get("loss"),
                           "eval": res.get("eval")}, default=str))
+    return 0
+
+
+#: ``train all --parallel``: components of one wave depend only on earlier waves
+WAVES = (("text",), ("vae",), ("unet", "t2v"), ("controlnet", "motion"))
+
+
+def _train_waves(args, argv) -> int:
+    """Run ``train all`` as :data:`WAVES`, each wave's components as concurrent subprocesses of
+    this CLI (same flags; with one thread each on a CPU, use as many cores as the wave has jobs).
+    Stops at the first wave with a failed component, naming its log."""
+    import os
+    import subprocess
+    import sys
+
+    from .train import COMPONENTS
+
+    assert sorted(c for w in WAVES for c in w) == sorted(COMPONENTS)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a not in ("train", "all", "--parallel")]
+    os.makedirs(args.out, exist_ok=True)
+    for wave in WAVES:
+        jobs = []
+        for name in wave:
+            log = os.path.join(args.out, f"{name}.log")
+            with open(log, "w") as fh:
+                jobs.append((name, log, subprocess.Popen([sys.executable, "-m", "fdd.toy", "train", name, *flags],
+                                                         stdout=fh, stderr=subprocess.STDOUT)))
+        failed = [(name, log) for name, log, p in jobs if p.wait() != 0]
+        if failed:
+            raise SystemExit("train all --parallel: " + ", ".join(f"{n} failed (see {log})" for n, log in failed))
+        for name, log, _ in jobs:
+            with open(log) as fh:
+                lines = fh.read().strip().splitlines()
+            print(lines[-1] if lines else json.dumps({"component": name}))
     return 0
 
 

@@ -106,12 +106,13 @@ DEFAULT_STEPS = {"text": 0, "vae": 1100, "unet": 3100, "controlnet": 2000, "moti
 #: run (0.27 -> 0.47 preservation in the next 1400 steps; EMA does not change the raw weights'
 #: trajectory, so a replay with EMA from step 0 differs only by the average's first 2000 steps,
 #: weight e^-5.9 ~ 0.3 % at the end).
-STAGES = {"unet": [(3400, 1e-4, 0.0), (4400, 3e-4, 0.1), (5000, 3e-4, 0.5), (5400, 1e-4, 0.5)],
+STAGES = {"vae": [(8000, 1e-3, 0.0), (10000, 3e-4, 0.0)],
+          "unet": [(3400, 1e-4, 0.0), (4400, 3e-4, 0.1), (5000, 3e-4, 0.5), (5400, 1e-4, 0.5)],
           "controlnet": [(6000, 1e-3, 0.5), (7400, 3e-4, 0.5), (7900, 1e-4, 0.5)],
           "motion": [(2900, 1e-3, 0.5), (3300, 3e-4, 0.5)]}
 #: wall-clock cap in minutes per component for the CLI, stages included (a safety stop, ~2-3x
 #: the expected time on 2 cores)
-DEFAULT_MINUTES = {"text": 0.0, "vae": 25.0, "unet": 150.0, "controlnet": 200.0, "motion": 240.0, "t2v": 45.0}
+DEFAULT_MINUTES = {"text": 0.0, "vae": 120.0, "unet": 150.0, "controlnet": 200.0, "motion": 240.0, "t2v": 45.0}
 #: per-component settings for the CLI (video evaluations cost ~2 s per sampled clip on 2 cores)
 DEFAULT_SETTINGS = {"vae": {"eval_every": 200}, "unet": {"eval_every": 300},
                     "controlnet": {"eval_every": 200, "offset_noise": 0.5},
@@ -144,6 +145,9 @@ class TrainConfig:
     frames: int = 8
     clips_per_batch: int = 8  # motion / t2v: clips per step (x frames)
     size: int = 32
+    #: where the models train and sample ("cpu", "cuda", "cuda:1"...). Random draws stay on the
+    #: CPU generators (moved afterwards), so a seed draws the same data and noise on any device.
+    device: str = "cpu"
     extra: dict = field(default_factory=dict)
 
 
@@ -393,6 +397,11 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _cpu(state: dict) -> dict:
+    """A state dict's tensors on the CPU (checkpoints load the same whichever device trained)."""
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
 def _log(path: str, rec: dict) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec) + "\n")
@@ -428,6 +437,8 @@ def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, pa
     os.makedirs(work, exist_ok=True)
     state_path, log_path = os.path.join(work, "state.pt"), os.path.join(work, "log.jsonl")
     params = list(params)
+    dev = torch.device(cfg.device)
+    model.to(dev)  # in place: ``params`` stay the model's parameters
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     shadow = _EMA(model, cfg.ema) if ema and cfg.ema > 0 else None
     step, elapsed = 0, 0.0
@@ -439,12 +450,13 @@ def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, pa
             g["lr"] = cfg.lr
         if shadow is not None:
             # a run that gains EMA on resume starts its average from the resumed weights
-            shadow.shadow = st["ema"] if st.get("ema") is not None else _EMA(model, cfg.ema).shadow
+            shadow.shadow = ({k: v.to(dev) for k, v in st["ema"].items()} if st.get("ema") is not None
+                             else _EMA(model, cfg.ema).shadow)
         step, elapsed = int(st["step"]), float(st["elapsed_s"])
 
     def save():
-        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(),
-                      "ema": shadow.shadow if shadow is not None else None, "step": step,
+        _atomic_save({"model": _cpu(model.state_dict()), "opt": opt.state_dict(),
+                      "ema": _cpu(shadow.shadow) if shadow is not None else None, "step": step,
                       "elapsed_s": elapsed, "config": asdict(cfg)}, state_path)
 
     def evaluate():
@@ -516,17 +528,17 @@ def training_noise(z: torch.Tensor, gen: torch.Generator, offset: float = 0.0) -
     if offset > 0:
         shape = z.shape[:2] + (1,) * (z.dim() - 2)
         noise = noise + offset * torch.randn(shape, generator=gen)
-    return noise
+    return noise.to(z.device)
 
 
-def _timesteps(gen, n):
-    return torch.randint(0, 1000, (n,), generator=gen)
+def _timesteps(gen, n, device="cpu"):
+    return torch.randint(0, 1000, (n,), generator=gen).to(device)
 
 
-def _alphas():
+def _alphas(device="cpu"):
     from fdd.sampling import DDIMSchedule
 
-    return DDIMSchedule().alphas_cumprod.float()
+    return DDIMSchedule().alphas_cumprod.float().to(device)
 
 
 def _noised(x0, noise, t, ab):
@@ -539,10 +551,13 @@ def _noised(x0, noise, t, ab):
 
 
 class Toolkit:
-    """Frozen pieces the trainers share, read from ``out``: tokenizer, text encoder, VAE, UNet."""
+    """Frozen pieces the trainers share, read from ``out``: tokenizer, text encoder, VAE, UNet.
+    The VAE and UNet live on ``device``; the text encoder stays on the CPU (its embeddings are
+    cached, and :meth:`emb` hands them over on ``device``)."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, device: str | torch.device = "cpu"):
         self.out = out
+        self.device = torch.device(device)
         self._cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -567,7 +582,7 @@ class Toolkit:
         if not hasattr(self, attr):
             module = factory(0)
             module.load_state_dict(_final_weights(self.out, name))
-            setattr(self, attr, module.eval().requires_grad_(False))
+            setattr(self, attr, module.to(self.device).eval().requires_grad_(False))
         return getattr(self, attr)
 
     @property
@@ -583,17 +598,19 @@ class Toolkit:
         if miss:
             for p, e in zip(miss, encode(self.tok, self.te, miss)):
                 self._cache[p] = e
-        return torch.stack([self._cache[p] for p in prompts])
+        return torch.stack([self._cache[p] for p in prompts]).to(self.device)
 
     @torch.no_grad()
     def encode_images(self, pixels) -> torch.Tensor:
-        return self.vae.encode(pixels).latent_dist.mean * SCALING
+        vae = self.vae
+        return vae.encode(pixels.to(vae.device)).latent_dist.mean * SCALING
 
     @torch.no_grad()
     def decode(self, latents) -> np.ndarray:
         """latents ``[N, 4, h, w]`` -> ``[N, H, W, 3]`` 0..1 numpy."""
-        x = self.vae.decode(latents / SCALING).sample
-        return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        vae = self.vae
+        x = vae.decode(latents.to(vae.device) / SCALING).sample
+        return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
 
 
 def _final_weights(out: str, name: str) -> dict:
@@ -611,7 +628,7 @@ def _ddim(eps_cond_uncond: Callable, shape, cfg: TrainConfig, seed: int) -> torc
     from fdd.sampling import DDIMSchedule, ddim_sample
 
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen)
+    x = torch.randn(shape, generator=gen).to(cfg.device)
 
     def eps_fn(x, t):
         c, u = eps_cond_uncond(x, t)
@@ -636,7 +653,7 @@ def train_text(out: str, cfg: TrainConfig) -> dict:
 def calibrate_vae_scale(vae, pixels) -> float:
     """Rescale the latent so ``SCALING * mean`` has unit std on ``pixels`` (exact; see doc)."""
     with torch.no_grad():
-        std = float(vae.encode(pixels).latent_dist.mean.std())
+        std = float(vae.encode(pixels.to(vae.device)).latent_dist.mean.std())
         k = 1.0 / (SCALING * std)
         c = vae.quant_conv.out_channels // 2
         vae.quant_conv.weight[:c].mul_(k)
@@ -649,10 +666,10 @@ def calibrate_vae_scale(vae, pixels) -> float:
 def eval_vae(vae, n: int, seed: int = 12345, size: int = 32) -> dict:
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng, size).at(int(rng.integers(8))) for _ in range(n)]
-    x = _to_pixels([render_frame(s) for s in scenes])
+    x = _to_pixels([render_frame(s) for s in scenes]).to(vae.device)
     with torch.no_grad():
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
-    imgs = ((y.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    imgs = ((y.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
     return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
 
 
@@ -678,8 +695,9 @@ def train_vae(out: str, cfg: TrainConfig) -> dict:
 
     def step(i, rng, gen):
         x, _ = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
+        x = x.to(cfg.device)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(cfg.device)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / z[0].numel()
         return F.mse_loss(rec, x) + F.l1_loss(rec, x) + 1e-4 * kl
@@ -688,7 +706,7 @@ def train_vae(out: str, cfg: TrainConfig) -> dict:
                      lambda m: eval_vae(m, cfg.eval_samples, size=cfg.size))
     x, _ = sample_captioned(np.random.default_rng([cfg.seed, 999]), 128, cfg.size, cfg.frames)
     res["latent_gain"] = calibrate_vae_scale(vae, x)
-    _atomic_save(vae.state_dict(), os.path.join(out, "vae", "final.pt"))
+    _atomic_save(_cpu(vae.state_dict()), os.path.join(out, "vae", "final.pt"))
     return res
 
 
@@ -708,17 +726,17 @@ def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345) -> dict:
 
 
 def train_unet(out: str, cfg: TrainConfig) -> dict:
-    kit, unet, ab = Toolkit(out), make_unet(cfg.seed + 3), _alphas()
+    kit, unet, ab = Toolkit(out, cfg.device), make_unet(cfg.seed + 3), _alphas(cfg.device)
 
     def step(i, rng, gen):
         x, caps = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
         z = kit.encode_images(x)
-        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z))
+        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z), z.device)
         emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
         return _noise_pred_loss(unet(_noised(z, noise, t, ab), t, encoder_hidden_states=emb).sample, noise)
 
     res = train_loop("unet", out, cfg, unet, unet.parameters(), step, lambda m: eval_t2i(kit, m, cfg), ema=True)
-    _atomic_save(unet.state_dict(), os.path.join(out, "unet", "final.pt"))
+    _atomic_save(_cpu(unet.state_dict()), os.path.join(out, "unet", "final.pt"))
     export_backbone(out)
     export_backbone_diffusers(out)
     return res
@@ -736,12 +754,12 @@ def eval_edit(kit: Toolkit, cn, cfg: TrainConfig, seed: int = 12345) -> dict:
     rng = np.random.default_rng(seed)
     n = cfg.eval_samples
     src, _, ins, caps, edits, idx = sample_edits(rng, n, cfg.size, cfg.frames)
-    hint = (src + 1) / 2
+    hint = ((src + 1) / 2).to(cfg.device)
     c, i_, u = kit.emb(caps), kit.emb(ins), kit.emb([""] * n)
     h = cfg.size // 2
 
     def ecu(x, t):
-        tt = torch.full((2 * n,), t)
+        tt = torch.full((2 * n,), t, device=x.device)
         e = _cn_eps(kit.unet, cn, torch.cat([x, x]), tt, torch.cat([c, u]), torch.cat([i_, u]),
                     torch.cat([hint, hint]))
         return e.chunk(2)
@@ -775,19 +793,19 @@ def train_controlnet(out: str, cfg: TrainConfig) -> dict:
     """EVE phase 1: ControlNet fed the input frame and the instruction; backbone frozen and
     fed the output caption; target = the ground-truth edited frame. Instruction and caption
     are dropped independently with ``caption_dropout``."""
-    kit, ab = Toolkit(out), _alphas()
+    kit, ab = Toolkit(out, cfg.device), _alphas(cfg.device)
     cn = make_controlnet(kit.unet)
 
     def step(i, rng, gen):
         src, tgt, ins, caps, _, _ = sample_edits(rng, cfg.batch, cfg.size, cfg.frames)
         z = kit.encode_images(tgt)
-        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z))
+        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z), z.device)
         pred = _cn_eps(kit.unet, cn, _noised(z, noise, t, ab), t, kit.emb(_drop(caps, rng, cfg.caption_dropout)),
-                       kit.emb(_drop(ins, rng, cfg.caption_dropout)), (src + 1) / 2)
+                       kit.emb(_drop(ins, rng, cfg.caption_dropout)), ((src + 1) / 2).to(z.device))
         return _noise_pred_loss(pred, noise)
 
     res = train_loop("controlnet", out, cfg, cn, cn.parameters(), step, lambda m: eval_edit(kit, m, cfg), ema=True)
-    _atomic_save(cn.state_dict(), os.path.join(out, "controlnet", "final.pt"))
+    _atomic_save(_cpu(cn.state_dict()), os.path.join(out, "controlnet", "final.pt"))
     export_controlnet(out)
     return res
 
@@ -848,12 +866,12 @@ def _video_latents(kit, clips):
 def _video_step(kit: Toolkit, cfg: TrainConfig, denoise: Callable) -> Callable:
     """The denoising-loss step of the video trainers: ``denoise(x_t, t, emb)`` on clips with
     captions (caption dropout, offset noise as configured)."""
-    ab = _alphas()
+    ab = _alphas(cfg.device)
 
     def step(i, rng, gen):
         clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
         z = _video_latents(kit, clips)
-        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z))
+        noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z), z.device)
         emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
         return _noise_pred_loss(denoise(_noised(z, noise, t, ab), t, emb), noise)
 
@@ -864,7 +882,7 @@ def train_motion(out: str, cfg: TrainConfig) -> dict:
     """Motion module on the frozen backbone (AnimateDiff training: only motion_modules learn)."""
     from diffusers import UNetMotionModel
 
-    kit = Toolkit(out)
+    kit = Toolkit(out, cfg.device)
     adapter = make_motion_adapter(cfg.seed + 4)
     mu = UNetMotionModel.from_unet2d(kit.unet, adapter)
     mu.requires_grad_(False)
@@ -883,13 +901,13 @@ def train_motion(out: str, cfg: TrainConfig) -> dict:
     sd = mu.state_dict()
     ad_sd = adapter.state_dict()
     adapter.load_state_dict({k: sd.get(k, v) for k, v in ad_sd.items()})
-    _atomic_save(adapter.state_dict(), os.path.join(out, "motion", "final.pt"))
+    _atomic_save(_cpu(adapter.state_dict()), os.path.join(out, "motion", "final.pt"))
     export_motion(out)
     return res
 
 
 def train_t2v(out: str, cfg: TrainConfig) -> dict:
-    kit = Toolkit(out)
+    kit = Toolkit(out, cfg.device)
     u3 = make_unet3d(cfg.seed + 6)
 
     def denoise(x, t, emb, model=u3):
@@ -899,7 +917,7 @@ def train_t2v(out: str, cfg: TrainConfig) -> dict:
 
     res = train_loop("t2v", out, cfg, u3, u3.parameters(), step,
                      lambda m: eval_video(kit, lambda x, t, e: denoise(x, t, e, m), cfg), ema=True)
-    _atomic_save(u3.state_dict(), os.path.join(out, "t2v", "final.pt"))
+    _atomic_save(_cpu(u3.state_dict()), os.path.join(out, "t2v", "final.pt"))
     export_t2v(out)
     return res
 
