@@ -208,3 +208,27 @@ def test_cli_parallel_needs_all(tmp_path):
 
     with pytest.raises(SystemExit, match="only with the component 'all'"):
         main(["train", "vae", "--parallel", "--out", str(tmp_path)])
+
+
+def test_decoder_finetune_keeps_the_latent_space_and_is_used(tmp_path):
+    """The decoder component trains only the decoder side: encoder and quant_conv are bit-equal
+    to the VAE's, the decoder moved, the Toolkit decodes with it, and the backbone export carries it."""
+    from fdd.models.sd1 import load_sd1
+    from fdd.toy.train import Toolkit, _final_weights
+
+    out = str(tmp_path)
+    for name in ("text", "vae", "unet"):
+        train(name, out, _cfg())
+    res = train("decoder", out, _cfg(steps=3, lr=1e-2))
+    assert res["step"] == 3 and res["eval"]["n"] == 4
+    old, new = _final_weights(out, "vae"), _final_weights(out, "decoder")
+    assert old.keys() == new.keys()
+    enc = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in old if k.startswith(("decoder.", "post_quant_conv."))]
+    assert enc and dec and len(enc) + len(dec) == len(old)
+    assert all(torch.equal(old[k], new[k]) for k in enc)
+    assert any(not torch.equal(old[k], new[k]) for k in dec)
+    kit = Toolkit(out)
+    assert torch.equal(kit.vae.decoder.conv_out.weight, new["decoder.conv_out.weight"])
+    bb = load_sd1(os.path.join(out, "export", EXPORT["backbone"]), tokenizer=os.path.join(out, "text", "tokenizer"))
+    assert torch.allclose(bb.vae.decoder.conv_out.weight.float(), new["decoder.conv_out.weight"])

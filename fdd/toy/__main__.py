@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     t.add_argument("--device", default=None, help="torch device to train on (default cpu; e.g. cuda)")
     t.add_argument("--parallel", action="store_true",
                    help="with 'all': train the components that do not depend on each other at the same time, "
-                        "one subprocess each (text, vae, then unet and t2v, then controlnet and motion); "
+                        "one subprocess each (text, vae, then unet and t2v, then controlnet, motion and the decoder); "
                         "each writes RUN/<component>.log")
     sh = sub.add_parser("ship", help="write a trained run as the shipped models tree with measured model cards")
     sh.add_argument("--run", required=True, help="the training run folder (python -m fdd.toy train all --out RUN)")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
 
 #: ``train all --parallel``: components of one wave depend only on earlier waves
-WAVES = (("text",), ("vae",), ("unet", "t2v"), ("controlnet", "motion"))
+WAVES = (("text",), ("vae",), ("unet", "t2v"), ("controlnet", "motion", "decoder"))
 
 
 def _train_waves(args, argv) -> int:

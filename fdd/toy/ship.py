@@ -174,6 +174,11 @@ def write_cards(folder: str, cards: dict) -> None:
                   f"- seed {card.get('seed')}, {card.get('steps')} steps, batch {card.get('batch')}, "
                   f"lr {card.get('lr')}, {card.get('train_minutes')} training minutes (evaluations excluded)",
                   f"- stored as {cards['settings']['dtype']}, {card['bytes'] / 1e6:.2f} MB"]
+        for part, key in (("VAE", "vae_training"), ("VAE decoder fine-tune (encoder frozen)", "decoder_training")):
+            if card.get(key):
+                r = card[key]
+                lines.append(f"- {part}: {r.get('steps')} steps, lr {r.get('lr')}, {r.get('train_minutes')} "
+                             "training minutes")
         if card.get("quality"):
             q = {k: v for k, v in card["quality"].items() if not isinstance(v, dict)}
             lines.append("- quality (shipped file): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
@@ -233,6 +238,7 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
                         "quality_fp32": fp32.get(comp), "vae_ceiling": ceilings.get(comp)}
     vae = _training_record(run, "vae")
     models["backbone"]["vae_training"] = vae
+    models["backbone"]["decoder_training"] = _training_record(run, "decoder")  # {} when the run has none
     cards = {"settings": {"dtype": str(dtype).replace("torch.", ""), "n_image": n_image, "n_video": n_video,
                           "cfg_scale": cfg_scale, "sample_steps": T.TrainConfig().sample_steps,
                           "eval_seed": 12345},
