@@ -118,7 +118,8 @@ STAGES = {"vae": [(8000, 1e-3, 0.0), (10000, 3e-4, 0.0)],
           "motion": [(2900, 1e-3, 0.5), (3300, 3e-4, 0.5)]}
 #: wall-clock cap in minutes per component for the CLI, stages included (a safety stop, ~2-3x
 #: the expected time on 2 cores)
-DEFAULT_MINUTES = {"text": 0.0, "decoder": 60.0, "vae": 120.0, "unet": 150.0, "controlnet": 200.0, "motion": 240.0, "t2v": 45.0}
+DEFAULT_MINUTES = {"text": 0.0, "vae": 120.0, "unet": 150.0, "controlnet": 200.0, "motion": 240.0, "t2v": 45.0,
+                   "decoder": 60.0}
 #: per-component settings for the CLI (video evaluations cost ~2 s per sampled clip on 2 cores)
 DEFAULT_SETTINGS = {"vae": {"eval_every": 200}, "unet": {"eval_every": 300},
                     "controlnet": {"eval_every": 200, "offset_noise": 0.5},
@@ -403,11 +404,6 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _cpu(state: dict) -> dict:
-    """A state dict's tensors on the CPU (checkpoints load the same whichever device trained)."""
-    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
-
-
 def _log(path: str, rec: dict) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec) + "\n")
@@ -461,8 +457,8 @@ def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, pa
         step, elapsed = int(st["step"]), float(st["elapsed_s"])
 
     def save():
-        _atomic_save({"model": _cpu(model.state_dict()), "opt": opt.state_dict(),
-                      "ema": _cpu(shadow.shadow) if shadow is not None else None, "step": step,
+        _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(),
+                      "ema": shadow.shadow if shadow is not None else None, "step": step,
                       "elapsed_s": elapsed, "config": asdict(cfg)}, state_path)
 
     def evaluate():
@@ -595,10 +591,10 @@ class Toolkit:
     def vae(self):
         """The VAE: with the sharpened decoder of :func:`train_vae_decoder` when the run has one
         (its encoder, hence the latent space, is the ``vae`` component's)."""
-        done = os.path.isfile(os.path.join(self.out, "decoder", "final.pt"))
-        if not hasattr(self, "_vae") and done:
-            self._vae = self._frozen("decoder", make_vae)
-        return self._frozen("vae", make_vae)
+        if not hasattr(self, "_vae"):
+            tuned = os.path.isfile(os.path.join(self.out, "decoder", "final.pt"))
+            self._vae = self._frozen("decoder" if tuned else "vae", make_vae)
+        return self._vae
 
     @property
     def unet(self):
@@ -701,23 +697,28 @@ def _attr_scores(got, want) -> dict:
             "centroid_err_px": float(np.median(cerr)) if cerr else float("nan"), "n": n}
 
 
+def _vae_loss(vae, x, gen, kl_weight: float) -> torch.Tensor:
+    """Reconstruction loss (MSE + L1) of ``x`` decoded from a posterior sample, plus
+    ``kl_weight`` x the per-element KL when it is non-zero (train_vae; the decoder fine-tune
+    uses 0: its encoder is frozen)."""
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)
+    rec = vae.decode(z).sample
+    loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
+    return loss + kl_weight * (post.kl().mean() / z[0].numel()) if kl_weight else loss
+
+
 def train_vae(out: str, cfg: TrainConfig) -> dict:
     vae = make_vae(cfg.seed + 1)
 
     def step(i, rng, gen):
-        x, _ = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
-        x = x.to(cfg.device)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(cfg.device)
-        rec = vae.decode(z).sample
-        kl = post.kl().mean() / z[0].numel()
-        return F.mse_loss(rec, x) + F.l1_loss(rec, x) + 1e-4 * kl
+        return _vae_loss(vae, sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)[0].to(cfg.device), gen, 1e-4)
 
     res = train_loop("vae", out, cfg, vae, vae.parameters(), step,
                      lambda m: eval_vae(m, cfg.eval_samples, size=cfg.size))
     x, _ = sample_captioned(np.random.default_rng([cfg.seed, 999]), 128, cfg.size, cfg.frames)
     res["latent_gain"] = calibrate_vae_scale(vae, x)
-    _atomic_save(_cpu(vae.state_dict()), os.path.join(out, "vae", "final.pt"))
+    _atomic_save(vae.state_dict(), os.path.join(out, "vae", "final.pt"))
     return res
 
 
@@ -740,16 +741,10 @@ def train_vae_decoder(out: str, cfg: TrainConfig) -> dict:
         p.requires_grad_(True)
 
     def step(i, rng, gen):
-        x, _ = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
-        x = x.to(cfg.device)
-        with torch.no_grad():
-            post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(cfg.device)
-        rec = vae.decode(z).sample
-        return F.mse_loss(rec, x) + F.l1_loss(rec, x)
+        return _vae_loss(vae, sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)[0].to(cfg.device), gen, 0.0)
 
     res = train_loop("decoder", out, cfg, vae, params, step, lambda m: eval_vae(m, cfg.eval_samples, size=cfg.size))
-    _atomic_save(_cpu(vae.state_dict()), os.path.join(out, "decoder", "final.pt"))
+    _atomic_save(vae.state_dict(), os.path.join(out, "decoder", "final.pt"))
     if os.path.isfile(os.path.join(out, "unet", "final.pt")):
         export_backbone(out)
         export_backbone_diffusers(out)
@@ -784,7 +779,7 @@ def train_unet(out: str, cfg: TrainConfig) -> dict:
         return _noise_pred_loss(unet(_noised(z, noise, t, ab), t, encoder_hidden_states=emb).sample, noise)
 
     res = train_loop("unet", out, cfg, unet, unet.parameters(), step, lambda m: eval_t2i(kit, m, cfg), ema=True)
-    _atomic_save(_cpu(unet.state_dict()), os.path.join(out, "unet", "final.pt"))
+    _atomic_save(unet.state_dict(), os.path.join(out, "unet", "final.pt"))
     export_backbone(out)
     export_backbone_diffusers(out)
     return res
@@ -853,7 +848,7 @@ def train_controlnet(out: str, cfg: TrainConfig) -> dict:
         return _noise_pred_loss(pred, noise)
 
     res = train_loop("controlnet", out, cfg, cn, cn.parameters(), step, lambda m: eval_edit(kit, m, cfg), ema=True)
-    _atomic_save(_cpu(cn.state_dict()), os.path.join(out, "controlnet", "final.pt"))
+    _atomic_save(cn.state_dict(), os.path.join(out, "controlnet", "final.pt"))
     export_controlnet(out)
     return res
 
@@ -949,7 +944,7 @@ def train_motion(out: str, cfg: TrainConfig) -> dict:
     sd = mu.state_dict()
     ad_sd = adapter.state_dict()
     adapter.load_state_dict({k: sd.get(k, v) for k, v in ad_sd.items()})
-    _atomic_save(_cpu(adapter.state_dict()), os.path.join(out, "motion", "final.pt"))
+    _atomic_save(adapter.state_dict(), os.path.join(out, "motion", "final.pt"))
     export_motion(out)
     return res
 
@@ -965,7 +960,7 @@ def train_t2v(out: str, cfg: TrainConfig) -> dict:
 
     res = train_loop("t2v", out, cfg, u3, u3.parameters(), step,
                      lambda m: eval_video(kit, lambda x, t, e: denoise(x, t, e, m), cfg), ema=True)
-    _atomic_save(_cpu(u3.state_dict()), os.path.join(out, "t2v", "final.pt"))
+    _atomic_save(u3.state_dict(), os.path.join(out, "t2v", "final.pt"))
     export_t2v(out)
     return res
 
@@ -1066,8 +1061,8 @@ def export_t2v(out: str, dtype: torch.dtype = torch.float32, dest: str | None = 
                                   "TextToVideoSDPipeline", out, dtype)
 
 
-TRAINERS = {"text": train_text, "vae": train_vae, "decoder": train_vae_decoder, "unet": train_unet, "controlnet": train_controlnet,
-            "motion": train_motion, "t2v": train_t2v}
+TRAINERS = {"text": train_text, "vae": train_vae, "unet": train_unet, "controlnet": train_controlnet,
+            "motion": train_motion, "t2v": train_t2v, "decoder": train_vae_decoder}
 
 
 def train(component: str, out: str, cfg: TrainConfig) -> dict:
