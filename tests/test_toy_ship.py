@@ -75,6 +75,29 @@ def test_floors_rule():
     assert set(FLOORS) == {"backbone", "controlnet", "motion"}
 
 
+def test_card_command_names_the_continuation_and_splits_its_minutes(tmp_path):
+    """A run past the CPU recipe's last stage gets the continuation's CLI stages in its command
+    and its minutes split at the recipe's last step (read from the training log)."""
+    from fdd.toy import train as T
+    from fdd.toy.ship import _command, _training_record
+
+    end = T.STAGES["controlnet"][-1][0]
+    (tmp_path / "controlnet").mkdir()
+    (tmp_path / "controlnet" / "log.jsonl").write_text(
+        "\n".join(json.dumps({"step": k, "elapsed_s": 2.0 * k}) for k in (10, end, end + 50)) + "\n")
+    res = {"step": end + 50, "elapsed_s": 2.0 * (end + 50), "config": {"seed": 0, "batch": 128, "lr": 1e-4}}
+    (tmp_path / "controlnet" / "result.json").write_text(json.dumps(res))
+    rec = _training_record(str(tmp_path), "controlnet")
+    cmd, minutes = _command(str(tmp_path), "controlnet", rec)
+    last = T.CONTINUATIONS["controlnet"]["stages"][-1]
+    assert "--device cuda --batch 128" in cmd and f"--steps {last[0]} --lr {last[1]}" in cmd
+    assert minutes == {"recipe_minutes_cpu": round(2.0 * end / 60, 2), "continuation_minutes_h100": round(100 / 60, 2)}
+    res["step"] = end  # the recipe alone: no continuation named
+    (tmp_path / "controlnet" / "result.json").write_text(json.dumps(res))
+    cmd, minutes = _command(str(tmp_path), "controlnet", _training_record(str(tmp_path), "controlnet"))
+    assert "H100" not in cmd and minutes == {}
+
+
 CARDS = os.path.join(SHIPPED_DIR, "cards.json")
 
 

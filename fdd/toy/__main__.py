@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=None,
                    help="training steps (default: DEFAULT_STEPS per component)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--batch", type=int, default=None, help="images per step (vae, unet, controlnet)")
+    t.add_argument("--clips-per-batch", type=int, default=None, help="clips per step (motion, t2v)")
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--eval-every", type=int, default=None)
     t.add_argument("--eval-samples", type=int, default=None)
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     sh.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")
     sh.add_argument("--n-image", type=int, default=256, help="samples per image-model evaluation")
     sh.add_argument("--n-video", type=int, default=64, help="clips per video-model evaluation")
-    sh.add_argument("--cfg-scale", type=float, default=4.0)
+    sh.add_argument("--cfg-scale", type=float, default=None,
+                    help="one guidance scale for every model's evaluation (default: fdd.toy.ship.GUIDANCE per model)")
     args = ap.parse_args(argv)
     if args.cmd == "ship":
         import torch
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
         cfg = TrainConfig(seed=args.seed, minutes=args.minutes if args.minutes is not None else DEFAULT_MINUTES[name],
                           steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
                           **DEFAULT_SETTINGS.get(name, {}))
-        for k in ("batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale", "offset_noise", "device"):
+        for k in ("batch", "clips_per_batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale",
+                  "offset_noise", "device"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)

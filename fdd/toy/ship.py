@@ -42,6 +42,26 @@ FLOORS = {"backbone": {"all_correct": 0.85}, "controlnet": {"edit_accuracy": 0.8
           "motion": {"attributes_constant": 0.90, "path_residual_px_median": 1.0}}
 
 
+#: classifier-free guidance each card's figures are sampled with. The edit adapter's was chosen
+#: on a validation seed (999; the cards use 12345), n 128, DDIM 20 steps: edit / preservation
+#: 0.80 / 0.79 at 6, 0.85 / 0.82 at 4, 0.88 / 0.86 at 3 and 2, 0.88 / 0.84 at 1.5 (ControlNet
+#: residuals x1.25: 0.84 / 0.83). The motion module scored alike at 2 and 4 (constant clips
+#: 0.75 / 0.73 of 64); the backbone's recipe evaluates at 4.
+GUIDANCE = {"backbone": 4.0, "controlnet": 2.0, "motion": 4.0, "t2v": 4.0}
+
+
+def guidance(cfg_scale: float | dict | None = None) -> dict[str, float]:
+    """Per-component guidance: :data:`GUIDANCE`, with one float for all or a dict of overrides."""
+    if cfg_scale is None:
+        return dict(GUIDANCE)
+    if isinstance(cfg_scale, dict):
+        unknown = set(cfg_scale) - set(GUIDANCE)
+        if unknown:
+            raise ValueError(f"cfg_scale: unknown components {sorted(unknown)}; expected some of {sorted(GUIDANCE)}")
+        return {**GUIDANCE, **{k: float(v) for k, v in cfg_scale.items()}}
+    return {k: float(cfg_scale) for k in GUIDANCE}
+
+
 def toy_paths(root: str | os.PathLike | None = None) -> dict[str, str]:
     """Paths of the toy model files under ``root``: the shipped tree (default
     :data:`SHIPPED_DIR`), a training run folder (``<run>/export``) or an export folder."""
@@ -74,30 +94,32 @@ def load_backbone_kit(paths: dict) -> LoadedKit:
     return LoadedKit(bb.tokenizer, bb.text_encoder, bb.vae, bb.unet)
 
 
-def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float = 4.0,
+def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float | dict | None = None,
             components=("backbone", "controlnet", "motion", "t2v")) -> dict:
-    """Evaluator scores of the model files in ``paths`` (see the module doc)."""
+    """Evaluator scores of the model files in ``paths`` (see the module doc); ``cfg_scale``: see
+    :func:`guidance`."""
     from fdd.models.controlnet import load_controlnet
     from fdd.models.motion import build_motion_unet, load_motion_adapter
     from fdd.models.t2v import load_t2v_unet
 
     kit = load_backbone_kit(paths)
-    cfg = T.TrainConfig(eval_samples=n_image, cfg_scale=cfg_scale)
+    g = guidance(cfg_scale)
+    cfg = T.TrainConfig(eval_samples=n_image)
     vcfg = replace(cfg, eval_samples=n_video)
     res: dict = {}
     with torch.no_grad():
         if "backbone" in components:
-            res["backbone"] = T.eval_t2i(kit, kit.unet, cfg)
+            res["backbone"] = T.eval_t2i(kit, kit.unet, replace(cfg, cfg_scale=g["backbone"]))
         if "controlnet" in components:
             cn = load_controlnet(paths["controlnet"]).eval()
-            res["controlnet"] = T.eval_edit(kit, cn, cfg)
+            res["controlnet"] = T.eval_edit(kit, cn, replace(cfg, cfg_scale=g["controlnet"]))
         if "motion" in components:
             mu = build_motion_unet(kit.unet, load_motion_adapter(paths["motion"]), paths["motion"]).eval()
 
             def motion(x, t, e):
                 return mu(x, t, encoder_hidden_states=e.repeat_interleave(x.shape[2], 0)).sample
 
-            res["motion"] = T.eval_video(kit, motion, vcfg)
+            res["motion"] = T.eval_video(kit, motion, replace(vcfg, cfg_scale=g["motion"]))
         if "t2v" in components:
             from diffusers import AutoencoderKL
             from transformers import CLIPTextModel, CLIPTokenizer
@@ -108,7 +130,8 @@ def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float
                              CLIPTextModel.from_pretrained(os.path.join(d, "text_encoder"),
                                                            local_files_only=True).float(),
                              AutoencoderKL.from_pretrained(os.path.join(d, "vae"), local_files_only=True).float())
-            res["t2v"] = T.eval_video(tkit, lambda x, t, e: u3(x, t, encoder_hidden_states=e).sample, vcfg)
+            res["t2v"] = T.eval_video(tkit, lambda x, t, e: u3(x, t, encoder_hidden_states=e).sample,
+                                      replace(vcfg, cfg_scale=g["t2v"]))
     return res
 
 
@@ -139,8 +162,47 @@ def _training_record(run: str, comp: str) -> dict:
     with open(p) as fh:
         r = json.load(fh)
     return {"steps": r.get("step"), "train_minutes": round(float(r.get("elapsed_s") or 0) / 60, 2),
-            "seed": r.get("config", {}).get("seed"), "batch": r.get("config", {}).get("batch"),
+            "seed": r.get("config", {}).get("seed"),
+            **({"clips_per_batch": r.get("config", {}).get("clips_per_batch")} if comp in ("motion", "t2v")
+               else {"batch": r.get("config", {}).get("batch")}),
             "lr": r.get("config", {}).get("lr"), "last_training_eval": r.get("eval")}
+
+
+def _elapsed_at(run: str, comp: str, step: int) -> float | None:
+    """Training seconds at ``step`` from ``RUN/<comp>/log.jsonl`` (the last record at or before
+    it); None without a log."""
+    p = os.path.join(run, comp, "log.jsonl")
+    if not os.path.isfile(p):
+        return None
+    best = None
+    with open(p) as fh:
+        for line in fh:
+            r = json.loads(line)
+            if r.get("step", 0) <= step and "elapsed_s" in r:
+                best = float(r["elapsed_s"])
+    return best
+
+
+def _command(run: str, name: str, rec: dict) -> tuple[str, dict]:
+    """The card's training command for component ``name``, and the CPU recipe's / continuation's
+    minutes when the run went past the recipe (:data:`fdd.toy.train.CONTINUATIONS`)."""
+    cmd = f"python -m fdd.toy train {name} --out RUN --seed {rec.get('seed', 0)}" + \
+        (" (after text, vae)" if name in ("unet", "t2v") else " (after text, vae, unet)")
+    if name in T.STAGES:
+        cmd += (f"; steps {T.DEFAULT_STEPS[name]} at the default lr, then the stages (total steps, lr, "
+                f"offset noise) {T.STAGES[name]}")
+    cont = T.CONTINUATIONS.get(name)
+    recipe_end = T.STAGES[name][-1][0] if name in T.STAGES else None
+    if cont is None or not rec.get("steps") or recipe_end is None or rec["steps"] <= recipe_end:
+        return cmd, {}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cont["settings"].items())
+    cmd += "; then on one H100: " + "; ".join(f"--device cuda {flags} --steps {n} --lr {lr}"
+                                              for n, lr in cont["stages"])
+    cpu = _elapsed_at(run, name, recipe_end)
+    total = rec.get("train_minutes") or 0.0
+    extra = {} if cpu is None else {"recipe_minutes_cpu": round(cpu / 60, 2),
+                                    "continuation_minutes_h100": round(total - cpu / 60, 2)}
+    return cmd, extra
 
 
 def _write_tree(run: str, stage: str, dtype: torch.dtype) -> dict[str, str]:
@@ -158,21 +220,35 @@ def _fmt(v):
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _cfg_text(cfg) -> str:
+    return ", ".join(f"{k} {v}" for k, v in cfg.items()) if isinstance(cfg, dict) else str(cfg)
+
+
 def write_cards(folder: str, cards: dict) -> None:
     with open(os.path.join(folder, "cards.json"), "w") as fh:
         json.dump(cards, fh, indent=1, default=str)
     lines = ["# Toy-world models (the pack's embedded default)", "",
-             "Trained on 2 CPU cores by `python -m fdd.toy train all` and shipped by `python -m fdd.toy ship`; "
+             "Trained on 2 CPU cores by `python -m fdd.toy train all`"
+             + (" (then continued on one H100 where a card says so)"
+                if any(c.get("continuation_minutes_h100") for c in cards["models"].values()) else "")
+             + " and shipped by `python -m fdd.toy ship`; "
              "every figure below was measured on these files by `fdd.toy.ship.measure` "
              f"(image models on {cards['settings']['n_image']} samples, video models on "
              f"{cards['settings']['n_video']} clips, DDIM {cards['settings']['sample_steps']} steps, "
-             f"CFG {cards['settings']['cfg_scale']}). Not real-world models: 32x32 frames of one coloured "
+             f"CFG {_cfg_text(cards['settings']['cfg_scale'])}; frames read by `fdd.toy.evaluate.read_frame`"
+             f" ({cards['settings'].get('reader', 'first reader')})). Not real-world models: 32x32 frames of one coloured "
              "shape moving on a white or black background, captions from a small word-level vocabulary.", ""]
     for comp, card in cards["models"].items():
         lines += [f"## {comp}: `{card['file']}`", "", card["what"], "",
                   f"- command: `{card['command']}`",
-                  f"- seed {card.get('seed')}, {card.get('steps')} steps, batch {card.get('batch')}, "
-                  f"lr {card.get('lr')}, {card.get('train_minutes')} training minutes (evaluations excluded)",
+                  f"- seed {card.get('seed')}, {card.get('steps')} steps, "
+                  + (f"{card['clips_per_batch']} clips per step" if "clips_per_batch" in card
+                     else f"batch {card.get('batch')}")
+                  + f" (last stage), lr {card.get('lr')} (last stage), {card.get('train_minutes')} training minutes "
+                  + (f"({card['recipe_minutes_cpu']} of the recipe on 2 CPU cores, "
+                     f"{card['continuation_minutes_h100']} of the continuation on one H100) "
+                     if "recipe_minutes_cpu" in card else "")
+                  + "(evaluations excluded)",
                   f"- stored as {cards['settings']['dtype']}, {card['bytes'] / 1e6:.2f} MB"]
         for part, key in (("VAE", "vae_training"), ("VAE decoder fine-tune (encoder frozen)", "decoder_training")):
             if card.get(key):
@@ -203,7 +279,7 @@ def _size(path: str) -> int:
 
 
 def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n_image: int = 256,
-         n_video: int = 64, cfg_scale: float = 4.0, compare_fp32: bool = True) -> dict:
+         n_video: int = 64, cfg_scale: float | dict | None = None, compare_fp32: bool = True) -> dict:
     """Write the shipped tree from ``run`` into ``out`` (staged, then renamed into place) and its
     cards; returns the cards."""
     t0 = time.time()
@@ -228,19 +304,15 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
     models = {}
     for comp in ("backbone", "controlnet", "motion", "t2v"):
         rec = _training_record(run, train_name[comp])
-        models[comp] = {"file": LAYOUT[comp], "what": what[comp],
-                        "command": f"python -m fdd.toy train {train_name[comp]} --out RUN --seed {rec.get('seed', 0)}"
-                                   + (" (after text, vae)" if comp in ("backbone", "t2v") else " (after text, vae, unet)")
-                                   + (f"; steps {T.DEFAULT_STEPS[train_name[comp]]} at the default lr, then the "
-                                      f"stages (total steps, lr, offset noise) {T.STAGES[train_name[comp]]}"
-                                      if train_name[comp] in T.STAGES else ""),
-                        **rec, "bytes": _size(paths[comp]), "quality": scores.get(comp),
+        command, minutes = _command(run, train_name[comp], rec)
+        models[comp] = {"file": LAYOUT[comp], "what": what[comp], "command": command, **rec, **minutes,
+                        "bytes": _size(paths[comp]), "quality": scores.get(comp),
                         "quality_fp32": fp32.get(comp), "vae_ceiling": ceilings.get(comp)}
     vae = _training_record(run, "vae")
     models["backbone"]["vae_training"] = vae
     models["backbone"]["decoder_training"] = _training_record(run, "decoder")  # {} when the run has none
     cards = {"settings": {"dtype": str(dtype).replace("torch.", ""), "n_image": n_image, "n_video": n_video,
-                          "cfg_scale": cfg_scale, "sample_steps": T.TrainConfig().sample_steps,
+                          "cfg_scale": guidance(cfg_scale), "reader": "blur_robust", "sample_steps": T.TrainConfig().sample_steps,
                           "eval_seed": 12345},
              "models": models, "floors": FLOORS, "floors_met": floors_met(scores),
              "total_bytes": _size(stage), "ship_seconds": round(time.time() - t0, 1)}
