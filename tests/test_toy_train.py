@@ -232,3 +232,52 @@ def test_decoder_finetune_keeps_the_latent_space_and_is_used(tmp_path):
     assert torch.equal(kit.vae.decoder.conv_out.weight, new["decoder.conv_out.weight"])
     bb = load_sd1(os.path.join(out, "export", EXPORT["backbone"]), tokenizer=os.path.join(out, "text", "tokenizer"))
     assert torch.allclose(bb.vae.decoder.conv_out.weight.float(), new["decoder.conv_out.weight"])
+
+
+def test_task_weights_steer_the_edit_mix_and_bad_weights_are_refused():
+    """``task_weights`` draws tasks in proportion to the weights (a task at 0 never appears), the
+    uniform default draws exactly the recipe's edits, and bad weights fail naming the input."""
+    from fdd.toy.__main__ import _task_weights
+    from fdd.toy.train import sample_edits, task_probabilities
+    from fdd.toy.world import TASKS
+
+    n = 700
+    edits = sample_edits(np.random.default_rng(3), n, task_weights={"Add": 3, "Local": 1})[4]
+    counts = {t: sum(e.task == t for e in edits) for t in TASKS}
+    assert counts["Add"] + counts["Local"] == n
+    assert abs(counts["Add"] / n - 0.75) < 4 * (0.75 * 0.25 / n) ** 0.5  # binomial, 4 sd
+
+    # the default is the recipe's uniform draw: seed 5 draws what it drew before task_weights existed
+    _, _, _, _, edits, idx = sample_edits(np.random.default_rng(5), 6)
+    assert [e.instruction for e in edits] == [
+        "remove the circle", "change the background to white", "change the background to white",
+        "remove the triangle", "draw the square as an outline", "change the background to black"]
+    assert idx == [1, 7, 2, 0, 1, 6]
+
+    assert task_probabilities({"Add": 1, "Remove": 3}).tolist() == [0, 0, 0.75, 0.25, 0, 0, 0]
+    with pytest.raises(ValueError, match="task_weights: unknown task.*'Ad'"):
+        task_probabilities({"Ad": 1})
+    with pytest.raises(ValueError, match="task_weights: expected finite weights >= 0"):
+        task_probabilities({"Add": -1, "Local": 2})
+    with pytest.raises(ValueError, match="positive sum"):
+        task_probabilities({t: 0 for t in TASKS})
+    assert _task_weights("Add=3, Local=2") == {**{t: 1.0 for t in TASKS}, "Add": 3.0, "Local": 2.0}
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match="TASK=WEIGHT"):
+        _task_weights("Add:3")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown task"):
+        _task_weights("Move=2")
+
+
+def test_resume_with_a_spent_minutes_budget_says_so(tmp_path, capsys):
+    """--minutes caps the total training time, resumed time included: a resume whose budget is
+    already spent trains nothing and says why on stderr instead of ending silently."""
+    from fdd.toy.train import train_vae
+
+    train("text", str(tmp_path), _cfg())
+    train_vae(str(tmp_path), _cfg(steps=1, eval_every=0))
+    capsys.readouterr()
+    res = train_vae(str(tmp_path), _cfg(steps=3, eval_every=0, minutes=1e-9))
+    assert res["step"] == 1
+    err = capsys.readouterr().err
+    assert "vae: nothing to train" in err and "pass a larger --minutes to continue to step 3" in err

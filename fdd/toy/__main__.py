@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     t.add_argument("component", help="text | vae | unet | controlnet | motion | t2v | all")
     t.add_argument("--out", required=True)
     t.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock cap in minutes (default: DEFAULT_MINUTES per component)")
+                   help="cap on the component's total training minutes, resumed training included "
+                        "(default: DEFAULT_MINUTES per component)")
     t.add_argument("--steps", type=int, default=None,
                    help="training steps (default: DEFAULT_STEPS per component)")
     t.add_argument("--seed", type=int, default=0)
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     t.add_argument("--cfg-scale", type=float, default=None)
     t.add_argument("--offset-noise", type=float, default=None, help="offset-noise scale (see training_noise)")
     t.add_argument("--device", default=None, help="torch device to train on (default cpu; e.g. cuda)")
+    t.add_argument("--task-weights", default=None, type=_task_weights,
+                   help="controlnet: relative sampling weight per edit task, e.g. Add=3,Local=2 (tasks not "
+                        "named keep weight 1; default: uniform)")
     t.add_argument("--parallel", action="store_true",
                    help="with 'all': train the components that do not depend on each other at the same time, "
                         "one subprocess each (text, vae, then unet and t2v, then controlnet, motion and the decoder); "
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
                           steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
                           **DEFAULT_SETTINGS.get(name, {}))
         for k in ("batch", "clips_per_batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale",
-                  "offset_noise", "device"):
+                  "offset_noise", "device", "task_weights"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)
@@ -91,6 +95,27 @@ def main(argv=None) -> int:
         print(json.dumps({"component": name, "step": res.get("step"), "loss": res.get("loss"),
                           "eval": res.get("eval")}, default=str))
     return 0
+
+
+def _task_weights(text: str) -> dict:
+    """``Add=3,Local=2`` -> every task at weight 1 except those named (see train.task_probabilities)."""
+    from .train import task_probabilities
+    from .world import TASKS
+
+    w = {t: 1.0 for t in TASKS}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, val = part.partition("=")
+        try:
+            w[name.strip()] = float(val)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT pairs like Add=3,Local=2, got {part!r}") from None
+        if not eq:
+            raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT pairs like Add=3,Local=2, got {part!r}")
+    try:
+        task_probabilities(w)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return w
 
 
 #: ``train all --parallel``: components of one wave depend only on earlier waves

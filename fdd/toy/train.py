@@ -63,6 +63,7 @@ import itertools
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -167,6 +168,9 @@ class TrainConfig:
     #: where the models train and sample ("cpu", "cuda", "cuda:1"...). Random draws stay on the
     #: CPU generators (moved afterwards), so a seed draws the same data and noise on any device.
     device: str = "cpu"
+    #: edit adapter training: relative sampling weight per edit task (``None``: uniform over
+    #: TASKS, the recipe; tasks left out of a given dict get weight 0). Evaluation stays uniform.
+    task_weights: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -375,11 +379,30 @@ def sample_captioned(rng, n: int, size: int = 32, frames: int = 8, edited: float
     return _to_pixels(imgs), caps
 
 
-def sample_edits(rng, n: int, size: int = 32, frames: int = 8):
-    """(input frames, target frames, instructions, output captions, edits, frame indices)."""
+def task_probabilities(weights: dict | None) -> np.ndarray | None:
+    """Sampling probabilities over TASKS from relative ``weights`` ({task: weight}); None stays
+    None (uniform). Unknown task names, negative weights or an all-zero dict are refused."""
+    if weights is None:
+        return None
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise ValueError(f"task_weights: unknown task(s) {unknown}; expected names from {TASKS}")
+    w = np.array([float(weights.get(t, 0.0)) for t in TASKS])
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"task_weights: expected finite weights >= 0 with a positive sum, got {weights}")
+    return w / w.sum()
+
+
+def sample_edits(rng, n: int, size: int = 32, frames: int = 8, task_weights: dict | None = None):
+    """(input frames, target frames, instructions, output captions, edits, frame indices).
+    Tasks are uniform unless ``task_weights`` (see :func:`task_probabilities`) is given; the
+    uniform draw is the recipe's, so existing seeds draw the same edits."""
+    p = task_probabilities(task_weights)
     src, tgt, ins, caps, edits, idx = [], [], [], [], [], []
     for _ in range(n):
-        e = make_edit(random_scene(rng, size, frames), TASKS[int(rng.integers(len(TASKS)))], rng, frames)
+        scene = random_scene(rng, size, frames)  # drawn before the task, as the recipe always has
+        task = TASKS[int(rng.integers(len(TASKS)))] if p is None else TASKS[int(rng.choice(len(TASKS), p=p))]
+        e = make_edit(scene, task, rng, frames)
         i = int(rng.integers(frames))
         src.append(render_frame(e.source.at(i)))
         tgt.append(render_frame(e.target.at(i), e.inverted))
@@ -488,6 +511,11 @@ def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, pa
 
     budget = cfg.minutes * 60.0
     last = {"loss": None, "eval": None}
+    if elapsed >= budget and (cfg.steps is None or step < cfg.steps):
+        # cfg.minutes caps the component's total training time, resumed time included
+        print(f"[fdd.toy] {name}: nothing to train: the resumed run has already trained {elapsed / 60:.1f} "
+              f"min, which spends the {cfg.minutes:g}-min budget (--minutes caps the total, resumed time "
+              f"included); pass a larger --minutes to continue to step {cfg.steps}", file=sys.stderr)
     model.train()
     t0 = time.perf_counter() - elapsed
     while (cfg.steps is None or step < cfg.steps) and elapsed < budget:
@@ -852,7 +880,7 @@ def train_controlnet(out: str, cfg: TrainConfig) -> dict:
     cn = make_controlnet(kit.unet)
 
     def step(i, rng, gen):
-        src, tgt, ins, caps, _, _ = sample_edits(rng, cfg.batch, cfg.size, cfg.frames)
+        src, tgt, ins, caps, _, _ = sample_edits(rng, cfg.batch, cfg.size, cfg.frames, cfg.task_weights)
         z = kit.encode_images(tgt)
         noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z), z.device)
         pred = _cn_eps(kit.unet, cn, _noised(z, noise, t, ab), t, kit.emb(_drop(caps, rng, cfg.caption_dropout)),
