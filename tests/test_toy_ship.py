@@ -76,26 +76,41 @@ def test_floors_rule():
 
 
 def test_card_command_names_the_continuation_and_splits_its_minutes(tmp_path):
-    """A run past the CPU recipe's last stage gets the continuation's CLI stages in its command
-    and its minutes split at the recipe's last step (read from the training log)."""
+    """A run past the CPU recipe's last stage gets each continuation leg it reached in its
+    command (the leg's flags and stages) and its minutes split at the legs' ends (read from the
+    training log)."""
     from fdd.toy import train as T
     from fdd.toy.ship import _command, _training_record
 
     end = T.STAGES["controlnet"][-1][0]
-    (tmp_path / "controlnet").mkdir()
-    (tmp_path / "controlnet" / "log.jsonl").write_text(
-        "\n".join(json.dumps({"step": k, "elapsed_s": 2.0 * k}) for k in (10, end, end + 50)) + "\n")
-    res = {"step": end + 50, "elapsed_s": 2.0 * (end + 50), "config": {"seed": 0, "batch": 128, "lr": 1e-4}}
-    (tmp_path / "controlnet" / "result.json").write_text(json.dumps(res))
-    rec = _training_record(str(tmp_path), "controlnet")
-    cmd, minutes = _command(str(tmp_path), "controlnet", rec)
-    last = T.CONTINUATIONS["controlnet"]["stages"][-1]
-    assert "--device cuda --batch 128" in cmd and f"--steps {last[0]} --lr {last[1]}" in cmd
-    assert minutes == {"recipe_minutes_cpu": round(2.0 * end / 60, 2), "continuation_minutes_h100": round(100 / 60, 2)}
-    res["step"] = end  # the recipe alone: no continuation named
-    (tmp_path / "controlnet" / "result.json").write_text(json.dumps(res))
-    cmd, minutes = _command(str(tmp_path), "controlnet", _training_record(str(tmp_path), "controlnet"))
-    assert "H100" not in cmd and minutes == {}
+    h100, cpu = T.CONTINUATIONS["controlnet"]
+    h_end = h100["stages"][-1][0]
+
+    def run(last, steps):
+        (tmp_path / "controlnet").mkdir(exist_ok=True)
+        (tmp_path / "controlnet" / "log.jsonl").write_text(
+            "\n".join(json.dumps({"step": k, "elapsed_s": 2.0 * k}) for k in steps) + "\n")
+        (tmp_path / "controlnet" / "result.json").write_text(json.dumps(
+            {"step": last, "elapsed_s": 2.0 * last, "config": {"seed": 0, "batch": 32, "lr": 1e-4}}))
+        return _command(str(tmp_path), "controlnet", _training_record(str(tmp_path), "controlnet"))
+
+    # into the first leg only
+    cmd, minutes = run(end + 50, (10, end, end + 50))
+    assert "then on one H100: --device cuda --batch 128" in cmd and f"--steps {h_end} --lr 0.0001" in cmd
+    assert "task-weights" not in cmd
+    assert minutes == {"recipe_minutes_cpu": round(2.0 * end / 60, 2),
+                       "continuations": [{"where": "one H100", "to_step": end + 50, "minutes": round(100 / 60, 2)}]}
+    # through the first leg and into the second
+    last = h_end + 300
+    cmd, minutes = run(last, (10, end, h_end - 3, h_end, last))
+    assert "then on 1 CPU thread: --batch 32 --eval-every 500 --eval-samples 128 --task-weights Add=3,Local=3" in cmd
+    assert f"--steps {cpu['stages'][-1][0]} --lr 0.0001" in cmd
+    assert minutes["continuations"] == [
+        {"where": "one H100", "to_step": h_end, "minutes": round(2.0 * (h_end - end) / 60, 2)},
+        {"where": "1 CPU thread", "to_step": last, "minutes": round(2.0 * (last - h_end) / 60, 2)}]
+    # the recipe alone: no continuation named
+    cmd, minutes = run(end, (10, end))
+    assert "then on" not in cmd and minutes == {}
 
 
 CARDS = os.path.join(SHIPPED_DIR, "cards.json")

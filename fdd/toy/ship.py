@@ -184,25 +184,31 @@ def _elapsed_at(run: str, comp: str, step: int) -> float | None:
 
 
 def _command(run: str, name: str, rec: dict) -> tuple[str, dict]:
-    """The card's training command for component ``name``, and the CPU recipe's / continuation's
-    minutes when the run went past the recipe (:data:`fdd.toy.train.CONTINUATIONS`)."""
+    """The card's training command for component ``name``, and, when the run went past the
+    recipe, the minutes of the CPU recipe and of each continuation leg it reached
+    (:data:`fdd.toy.train.CONTINUATIONS`), split at the legs' last steps read from the log."""
     cmd = f"python -m fdd.toy train {name} --out RUN --seed {rec.get('seed', 0)}" + \
         (" (after text, vae)" if name in ("unet", "t2v") else " (after text, vae, unet)")
     if name in T.STAGES:
         cmd += (f"; steps {T.DEFAULT_STEPS[name]} at the default lr, then the stages (total steps, lr, "
                 f"offset noise) {T.STAGES[name]}")
-    cont = T.CONTINUATIONS.get(name)
     recipe_end = T.STAGES[name][-1][0] if name in T.STAGES else None
-    if cont is None or not rec.get("steps") or recipe_end is None or rec["steps"] <= recipe_end:
+    steps = rec.get("steps") or 0
+    if recipe_end is None or steps <= recipe_end or name not in T.CONTINUATIONS:
         return cmd, {}
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cont["settings"].items())
-    cmd += "; then on one H100: " + "; ".join(f"--device cuda {flags} --steps {n} --lr {lr}"
-                                              for n, lr in cont["stages"])
     cpu = _elapsed_at(run, name, recipe_end)
-    total = rec.get("train_minutes") or 0.0
-    extra = {} if cpu is None else {"recipe_minutes_cpu": round(cpu / 60, 2),
-                                    "continuation_minutes_h100": round(total - cpu / 60, 2)}
-    return cmd, extra
+    legs, start, t_start = [], recipe_end, cpu
+    for leg in T.CONTINUATIONS[name]:
+        if steps <= start:
+            break
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in leg["settings"].items())
+        cmd += f"; then on {leg['where']}: " + "; ".join(f"{flags} --steps {n} --lr {lr}" for n, lr in leg["stages"])
+        end = min(steps, leg["stages"][-1][0])
+        t_end = _elapsed_at(run, name, end) if end < steps else (rec.get("train_minutes") or 0.0) * 60
+        legs.append({"where": leg["where"], "to_step": end,
+                     "minutes": None if t_end is None or t_start is None else round((t_end - t_start) / 60, 2)})
+        start, t_start = end, t_end
+    return cmd, ({} if cpu is None else {"recipe_minutes_cpu": round(cpu / 60, 2)}) | {"continuations": legs}
 
 
 def _write_tree(run: str, stage: str, dtype: torch.dtype) -> dict[str, str]:
@@ -229,8 +235,8 @@ def write_cards(folder: str, cards: dict) -> None:
         json.dump(cards, fh, indent=1, default=str)
     lines = ["# Toy-world models (the pack's embedded default)", "",
              "Trained on 2 CPU cores by `python -m fdd.toy train all`"
-             + (" (then continued on one H100 where a card says so)"
-                if any(c.get("continuation_minutes_h100") for c in cards["models"].values()) else "")
+             + (" (then continued where a card says so)"
+                if any(c.get("continuations") for c in cards["models"].values()) else "")
              + " and shipped by `python -m fdd.toy ship`; "
              "every figure below was measured on these files by `fdd.toy.ship.measure` "
              f"(image models on {cards['settings']['n_image']} samples, video models on "
@@ -246,7 +252,8 @@ def write_cards(folder: str, cards: dict) -> None:
                      else f"batch {card.get('batch')}")
                   + f" (last stage), lr {card.get('lr')} (last stage), {card.get('train_minutes')} training minutes "
                   + (f"({card['recipe_minutes_cpu']} of the recipe on 2 CPU cores, "
-                     f"{card['continuation_minutes_h100']} of the continuation on one H100) "
+                     + ", ".join(f"{c['minutes']} continuing to step {c['to_step']} on {c['where']}"
+                                 for c in card.get("continuations", [])) + ") "
                      if "recipe_minutes_cpu" in card else "")
                   + "(evaluations excluded)",
                   f"- stored as {cards['settings']['dtype']}, {card['bytes'] / 1e6:.2f} MB"]

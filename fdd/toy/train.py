@@ -117,18 +117,29 @@ STAGES = {"vae": [(8000, 1e-3, 0.0), (10000, 3e-4, 0.0)],
           "unet": [(3400, 1e-4, 0.0), (4400, 3e-4, 0.1), (5000, 3e-4, 0.5), (5400, 1e-4, 0.5)],
           "controlnet": [(6000, 1e-3, 0.5), (7400, 3e-4, 0.5), (7900, 1e-4, 0.5)],
           "motion": [(2900, 1e-3, 0.5), (3300, 3e-4, 0.5)]}
-#: What the shipped edit adapter and motion module got beyond :data:`STAGES`: a continuation on
-#: one H100 (``--device cuda``) from the CPU recipe's last step, at a 4x (ControlNet) / 2x (motion)
-#: batch, each stage a CLI call ``python -m fdd.toy train COMPONENT --out RUN --device cuda
-#: --steps TOTAL --lr LR`` plus ``settings`` as flags. ``train all`` does not replay it (its batch
-#: costs ~40x more per step on 2 CPU cores). Measured on it (evaluator, n 128 / 32): the
-#: ControlNet's preservation stayed at 0.71-0.77 from 10000 to 15963 steps (edit accuracy 0.81 ->
-#: 0.85); the motion module's path residual fell from 1.06 to 0.65 px, its constant-clip share did
-#: not move (0.50-0.69).
-CONTINUATIONS = {"controlnet": {"settings": {"batch": 128, "eval_every": 1000, "eval_samples": 128},
-                                "stages": [(13390, 3e-4), (15963, 1e-4)]},
-                 "motion": {"settings": {"clips_per_batch": 16, "eval_every": 1000, "eval_samples": 32},
-                            "stages": [(9300, 1e-3), (12103, 3e-4)]}}
+#: What the shipped edit adapter and motion module got beyond :data:`STAGES`, as legs run one after
+#: the other from the CPU recipe's last step; each stage of a leg is a CLI call ``python -m fdd.toy
+#: train COMPONENT --out RUN --steps TOTAL --lr LR`` plus the leg's ``settings`` as flags, and
+#: ``where`` says on what it ran (its minutes are reported apart). ``train all`` does not replay them.
+#:
+#: - one H100, 4x (ControlNet) / 2x (motion) batch, which costs ~40x more per step on 2 CPU cores.
+#:   Measured (evaluator, n 128 / 32): the ControlNet's preservation stayed at 0.71-0.77 from 10000
+#:   to 15963 steps (edit accuracy 0.81 -> 0.85); the motion module's path residual fell from 1.06
+#:   to 0.65 px, its constant-clip share did not move (0.50-0.69).
+#: - ControlNet only, then 1 CPU thread (~0.6 s / step) with the two weakest tasks drawn 3x as
+#:   often (``task_weights``). Against the H100 leg's weights, paired on the same 256 edits at cfg 2:
+#:   preservation +0.020 +- 0.012 (validation seed 999) and +0.016 +- 0.012 (card seed 12345),
+#:   from shape changes (Local) and Add; edit accuracy +0.004 / +0.023.
+CONTINUATIONS = {
+    "controlnet": ({"where": "one H100", "settings": {"device": "cuda", "batch": 128, "eval_every": 1000,
+                                                      "eval_samples": 128},
+                    "stages": [(13390, 3e-4), (15963, 1e-4)]},
+                   {"where": "1 CPU thread", "settings": {"batch": 32, "eval_every": 500, "eval_samples": 128,
+                                                          "task_weights": "Add=3,Local=3"},
+                    "stages": [(21000, 1e-4)]}),
+    "motion": ({"where": "one H100", "settings": {"device": "cuda", "clips_per_batch": 16, "eval_every": 1000,
+                                                  "eval_samples": 32},
+                "stages": [(9300, 1e-3), (12103, 3e-4)]},)}
 #: wall-clock cap in minutes per component for the CLI, stages included (a safety stop, ~2-3x
 #: the expected time on 2 cores)
 DEFAULT_MINUTES = {"text": 0.0, "vae": 120.0, "unet": 150.0, "controlnet": 200.0, "motion": 240.0, "t2v": 45.0,
