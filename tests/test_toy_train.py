@@ -281,3 +281,19 @@ def test_resume_with_a_spent_minutes_budget_says_so(tmp_path, capsys):
     assert res["step"] == 1
     err = capsys.readouterr().err
     assert "vae: nothing to train" in err and "pass a larger --minutes to continue to step 3" in err
+
+
+def test_parallel_passes_every_flag_value_through_even_one_named_like_a_positional():
+    """``train all --parallel`` rebuilds each component's flags from the parsed values: an --out
+    folder called ``all`` or ``train`` keeps its value, and --parallel / the component are dropped."""
+    from fdd.toy.__main__ import _component_flags, build_parser
+
+    ap, t = build_parser()
+    args = ap.parse_args(["train", "--out", "all", "all", "--parallel", "--lr", "0.001", "--task-weights", "Add=3"])
+    flags = _component_flags(args, t)
+    assert flags[flags.index("--out") + 1] == "all" and "--parallel" not in flags
+    assert flags[flags.index("--lr") + 1] == "0.001" and "--steps" not in flags
+    tw = flags[flags.index("--task-weights") + 1]
+    again = ap.parse_args(["train", "controlnet", *flags])
+    assert again.out == "all" and again.lr == 1e-3 and again.task_weights == args.task_weights
+    assert again.task_weights["Add"] == 3.0 and "Add=3" in tw

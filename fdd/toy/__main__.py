@@ -12,7 +12,8 @@ import argparse
 import json
 
 
-def main(argv=None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The CLI's parser and its ``train`` sub-parser."""
     ap = argparse.ArgumentParser(prog="python -m fdd.toy", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dataset", help="write clips, ground-truth edits and manifest.jsonl")
@@ -54,6 +55,11 @@ def main(argv=None) -> int:
     sh.add_argument("--n-video", type=int, default=64, help="clips per video-model evaluation")
     sh.add_argument("--cfg-scale", type=float, default=None,
                     help="one guidance scale for every model's evaluation (default: fdd.toy.ship.GUIDANCE per model)")
+    return ap, t
+
+
+def main(argv=None) -> int:
+    ap, t = build_parser()
     args = ap.parse_args(argv)
     if args.cmd == "ship":
         import torch
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
     if args.parallel:
         if args.component != "all":
             raise SystemExit("--parallel: only with the component 'all'")
-        return _train_waves(args, argv)
+        return _train_waves(args, t)
     names = list(COMPONENTS) if args.component == "all" else [args.component]
     for name in names:
         cfg = TrainConfig(seed=args.seed, minutes=args.minutes if args.minutes is not None else DEFAULT_MINUTES[name],
@@ -118,11 +124,27 @@ def _task_weights(text: str) -> dict:
     return w
 
 
+def _component_flags(args, parser) -> list[str]:
+    """The ``train`` flags of ``args`` rebuilt from the parsed values (not filtered from argv, so
+    a flag value such as ``--out all`` survives), without the component and ``--parallel``."""
+    flags = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "parallel"):
+            continue
+        value = getattr(args, action.dest)
+        if value is None:
+            continue
+        if isinstance(value, dict):  # --task-weights, parsed to {task: weight}
+            value = ",".join(f"{k}={v:g}" for k, v in value.items())
+        flags += [action.option_strings[0], str(value)]
+    return flags
+
+
 #: ``train all --parallel``: components of one wave depend only on earlier waves
 WAVES = (("text",), ("vae",), ("unet", "t2v"), ("controlnet", "motion", "decoder"))
 
 
-def _train_waves(args, argv) -> int:
+def _train_waves(args, parser) -> int:
     """Run ``train all`` as :data:`WAVES`, each wave's components as concurrent subprocesses of
     this CLI (same flags; with one thread each on a CPU, use as many cores as the wave has jobs).
     Stops at the first wave with a failed component, naming its log."""
@@ -133,8 +155,7 @@ def _train_waves(args, argv) -> int:
     from .train import COMPONENTS
 
     assert sorted(c for w in WAVES for c in w) == sorted(COMPONENTS)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a not in ("train", "all", "--parallel")]
+    flags = _component_flags(args, parser)
     os.makedirs(args.out, exist_ok=True)
     for wave in WAVES:
         jobs = []
