@@ -130,3 +130,15 @@ def test_shipped_models_load_and_score_what_their_cards_say():
         # a small sample: allow 3 binomial standard deviations below the card's figure
         slack = 3 * math.sqrt(max(want * (1 - want), 0.04) / n)
         assert got[comp][key] >= want - slack, (comp, key, got[comp][key], want)
+
+
+@pytest.mark.skipif(not os.path.isfile(CARDS), reason="no shipped toy models in this checkout")
+def test_cli_fill_reports_box_fill_per_shape_for_each_source(capsys):
+    from fdd.toy.__main__ import main
+
+    assert main(["fill", "--n-image", "3", "--n-video", "1", "--seed", "1"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep) == {"settings", "rendered", "backbone", "motion"}
+    assert rep["rendered"]["square"] == {"n": 1, "p5": 1.0, "p50": 1.0, "p95": 1.0, "above_square_threshold": 1.0}
+    assert rep["backbone"]["circle"]["n"] == 1 and 0 < rep["backbone"]["circle"]["p50"] <= 1
+    assert sum(v["n"] for v in rep["motion"].values()) == 8  # one clip: 8 frames, one shape

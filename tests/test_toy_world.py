@@ -159,3 +159,21 @@ def test_toy_dataset_in_fdd_format_round_trips(tmp_path):
         assert s["edit_accuracy"] == 1.0 and s["preservation"] == 1.0, row["task"]
     with pytest.raises(ValueError, match="tasks"):
         write_toy_dataset(tmp_path / "bad", items=1, tasks=("Dance",))
+
+
+def test_fill_stats_and_the_rendered_shapes_box_fill():
+    """ObjReading.fill is the box fill the square rule thresholds: rendered squares 1.0, circles
+    ~pi/4, triangles ~1/2; fill_stats gives percentiles and the share over the threshold."""
+    from fdd.toy.diagnose import _largest_fill, _scenes, fill_stats
+    from fdd.toy.world import render_frame
+
+    scenes = _scenes(3, 30)
+    fills = {sh: [_largest_fill(render_frame(s)) for s in scenes if s.objects[0].shape == sh]
+             for sh in ("square", "circle", "triangle")}
+    assert all(len(v) == 10 for v in fills.values())
+    assert min(fills["square"]) > 0.97
+    assert 0.72 < np.median(fills["circle"]) < 0.86 and max(fills["circle"]) < 0.9
+    assert max(fills["triangle"]) < 0.72
+    st = fill_stats([0.8, 0.95, 1.0, float("nan")])
+    assert st["n"] == 3 and st["p50"] == 0.95 and st["above_square_threshold"] == round(2 / 3, 3)
+    assert fill_stats([]) == {"n": 0}

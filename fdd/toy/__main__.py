@@ -55,6 +55,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sh.add_argument("--n-video", type=int, default=64, help="clips per video-model evaluation")
     sh.add_argument("--cfg-scale", type=float, default=None,
                     help="one guidance scale for every model's evaluation (default: fdd.toy.ship.GUIDANCE per model)")
+    f = sub.add_parser("fill", help="box-fill statistics per shape (how sharply the models draw squares; see "
+                                    "fdd.toy.diagnose)")
+    f.add_argument("--models", default=None, help="shipped tree or training run (default: the pack's models/toy)")
+    f.add_argument("--n-image", type=int, default=96)
+    f.add_argument("--n-video", type=int, default=24)
+    f.add_argument("--seed", type=int, default=7)
     return ap, t
 
 
@@ -70,6 +76,12 @@ def main(argv=None) -> int:
                      args.n_image, args.n_video, args.cfg_scale)
         print(json.dumps({"floors_met": cards["floors_met"], "total_bytes": cards["total_bytes"],
                           "quality": {k: v["quality"] for k, v in cards["models"].items()}}, default=str))
+        return 0
+    if args.cmd == "fill":
+        from .diagnose import shape_fill_report
+        from .ship import toy_paths
+
+        print(json.dumps(shape_fill_report(toy_paths(args.models), args.n_image, args.n_video, args.seed), indent=1))
         return 0
     if args.cmd == "dataset":
         from .dataset import write_toy_dataset

@@ -49,6 +49,9 @@ class ObjReading:
     texture: str
     style: str
     area: int
+    #: the silhouette's share of its axis-aligned bounding box (square > ``square_above``;
+    #: rendered circles ~0.79, squares 1.0); NaN for expected readings
+    fill: float = float("nan")
 
 
 @dataclass
@@ -142,7 +145,7 @@ def read_frame(img: np.ndarray, min_pixels: int = 6, square_above: float = 0.9,
         else:
             shape = "square" if ratio > square_above else ("triangle" if ratio < 0.66 else "circle")
         reading.objects.append(ObjReading(shape, cname, float(sx.mean() + 0.5), float(sy.mean() + 0.5),
-                                          texture, style, int(sil.sum())))
+                                          texture, style, int(sil.sum()), float(ratio)))
     return reading
 
 
