@@ -18,7 +18,7 @@ import torch
 
 from . import train as T
 from .evaluate import read_frame
-from .world import SHAPES, caption, random_scene, render_frame
+from .world import SHAPES, random_scene, render_frame
 
 
 def fill_stats(fills: list[float], square_above: float = 0.9) -> dict:
@@ -55,9 +55,7 @@ def shape_fill_report(paths: dict | None = None, n_image: int = 96, n_video: int
     ``backbone``'s samples (n_image) and the ``motion`` module's clip frames (n_video clips),
     from the toy model files in ``paths`` (default: the shipped tree), 20 DDIM steps at
     ``cfg_scale``."""
-    from fdd.models.motion import build_motion_unet, load_motion_adapter
-
-    from .ship import load_backbone_kit, toy_paths
+    from .ship import load_backbone_kit, motion_denoiser, toy_paths
 
     paths = paths or toy_paths()
     kit = load_backbone_kit(paths)
@@ -66,25 +64,10 @@ def shape_fill_report(paths: dict | None = None, n_image: int = 96, n_video: int
                         "sample_steps": cfg.sample_steps}}
     scenes = _scenes(seed, n_image)
     out["rendered"] = _by_shape(scenes, [[_largest_fill(render_frame(s))] for s in scenes])
-    c, u = kit.emb([caption(s) for s in scenes]), kit.emb([""] * n_image)
-
-    def image_eps(x, t):
-        e = kit.unet(torch.cat([x, x]), torch.full((2 * n_image,), t), encoder_hidden_states=torch.cat([c, u])).sample
-        return e.chunk(2)
-
-    imgs = kit.decode(T._ddim(image_eps, (n_image, 4, 16, 16), cfg, seed))
+    imgs = T.sample_t2i(kit, kit.unet, scenes, cfg, seed)
     out["backbone"] = _by_shape(scenes, [[_largest_fill(im)] for im in imgs])
     if n_video:
-        mu = build_motion_unet(kit.unet, load_motion_adapter(paths["motion"]), paths["motion"]).eval()
         vs = _scenes(seed + 1, n_video)
-        cv, uv = kit.emb([caption(s) for s in vs]), kit.emb([""] * n_video)
-        F_ = cfg.frames
-
-        def video_eps(x, t):
-            e = mu(torch.cat([x, x]), torch.full((2 * n_video,), t),
-                   encoder_hidden_states=torch.cat([cv, uv]).repeat_interleave(F_, 0)).sample
-            return e.chunk(2)
-
-        clips = T._decode_clips(kit, T._ddim(video_eps, (n_video, 4, F_, 16, 16), cfg, seed))
+        clips = T.sample_t2v(kit, motion_denoiser(kit, paths), vs, cfg, seed)
         out["motion"] = _by_shape(vs, [[_largest_fill(f) for f in clip] for clip in clips])
     return out

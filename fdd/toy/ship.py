@@ -94,12 +94,24 @@ def load_backbone_kit(paths: dict) -> LoadedKit:
     return LoadedKit(bb.tokenizer, bb.text_encoder, bb.vae, bb.unet)
 
 
+def motion_denoiser(kit: LoadedKit, paths: dict):
+    """``denoise(x (N, C, F, h, w), t, emb (N, L, D))``: the backbone in ``kit`` with the motion
+    module file ``paths["motion"]`` (the form :func:`fdd.toy.train.eval_video` samples)."""
+    from fdd.models.motion import build_motion_unet, load_motion_adapter
+
+    mu = build_motion_unet(kit.unet, load_motion_adapter(paths["motion"]), paths["motion"]).eval()
+
+    def denoise(x, t, e):
+        return mu(x, t, encoder_hidden_states=e.repeat_interleave(x.shape[2], 0)).sample
+
+    return denoise
+
+
 def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float | dict | None = None,
             components=("backbone", "controlnet", "motion", "t2v")) -> dict:
     """Evaluator scores of the model files in ``paths`` (see the module doc); ``cfg_scale``: see
     :func:`guidance`."""
     from fdd.models.controlnet import load_controlnet
-    from fdd.models.motion import build_motion_unet, load_motion_adapter
     from fdd.models.t2v import load_t2v_unet
 
     kit = load_backbone_kit(paths)
@@ -114,12 +126,7 @@ def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float
             cn = load_controlnet(paths["controlnet"]).eval()
             res["controlnet"] = T.eval_edit(kit, cn, replace(cfg, cfg_scale=g["controlnet"]))
         if "motion" in components:
-            mu = build_motion_unet(kit.unet, load_motion_adapter(paths["motion"]), paths["motion"]).eval()
-
-            def motion(x, t, e):
-                return mu(x, t, encoder_hidden_states=e.repeat_interleave(x.shape[2], 0)).sample
-
-            res["motion"] = T.eval_video(kit, motion, replace(vcfg, cfg_scale=g["motion"]))
+            res["motion"] = T.eval_video(kit, motion_denoiser(kit, paths), replace(vcfg, cfg_scale=g["motion"]))
         if "t2v" in components:
             from diffusers import AutoencoderKL
             from transformers import CLIPTextModel, CLIPTokenizer

@@ -804,18 +804,23 @@ def train_vae_decoder(out: str, cfg: TrainConfig) -> dict:
     return res
 
 
-def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345) -> dict:
-    rng = np.random.default_rng(seed)
-    n = cfg.eval_samples
-    scenes = [random_scene(rng, cfg.size).at(int(rng.integers(cfg.frames))) for _ in range(n)]
+def sample_t2i(kit: Toolkit, unet, scenes, cfg: TrainConfig, seed: int) -> np.ndarray:
+    """Frames ``[N, H, W, 3]`` the text-to-image ``unet`` samples for ``scenes``' captions
+    (DDIM, ``cfg.cfg_scale`` guidance, noise from ``seed``)."""
+    n, h = len(scenes), cfg.size // 2
     c, u = kit.emb([caption(s) for s in scenes]), kit.emb([""] * n)
-    h = cfg.size // 2
 
     def ecu(x, t):
         e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u])).sample
         return e.chunk(2)
 
-    imgs = kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed))
+    return kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed))
+
+
+def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345) -> dict:
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, cfg.size).at(int(rng.integers(cfg.frames))) for _ in range(cfg.eval_samples)]
+    imgs = sample_t2i(kit, unet, scenes, cfg, seed)
     return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
 
 
@@ -904,19 +909,24 @@ def train_controlnet(out: str, cfg: TrainConfig) -> dict:
     return res
 
 
-def eval_video(kit: Toolkit, denoise: Callable, cfg: TrainConfig, seed: int = 12345) -> dict:
-    """Sample clips from captions; temporal consistency (score_frames) and attribute accuracy."""
-    rng = np.random.default_rng(seed)
-    n, Fr, h = cfg.eval_samples, cfg.frames, cfg.size // 2
-    scenes = [random_scene(rng, cfg.size, Fr) for _ in range(n)]
+def sample_t2v(kit: Toolkit, denoise: Callable, scenes, cfg: TrainConfig, seed: int) -> np.ndarray:
+    """Clips ``[N, F, H, W, 3]`` that ``denoise(x, t, emb)`` (a video model) samples for
+    ``scenes``' captions (DDIM, ``cfg.cfg_scale`` guidance, noise from ``seed``)."""
+    n, h = len(scenes), cfg.size // 2
     c, u = kit.emb([caption(s) for s in scenes]), kit.emb([""] * n)
 
     def ecu(x, t):
         e = denoise(torch.cat([x, x]), t, torch.cat([c, u]))
         return e.chunk(2)
 
-    lat = _ddim(ecu, (n, 4, Fr, h, h), cfg, seed)
-    return _score_videos(_decode_clips(kit, lat), scenes)
+    return _decode_clips(kit, _ddim(ecu, (n, 4, cfg.frames, h, h), cfg, seed))
+
+
+def eval_video(kit: Toolkit, denoise: Callable, cfg: TrainConfig, seed: int = 12345) -> dict:
+    """Sample clips from captions; temporal consistency (score_frames) and attribute accuracy."""
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng, cfg.size, cfg.frames) for _ in range(cfg.eval_samples)]
+    return _score_videos(sample_t2v(kit, denoise, scenes, cfg, seed), scenes)
 
 
 def _decode_clips(kit: Toolkit, lat: torch.Tensor) -> np.ndarray:
