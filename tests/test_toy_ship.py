@@ -142,3 +142,57 @@ def test_cli_fill_reports_box_fill_per_shape_for_each_source(capsys):
     assert rep["rendered"]["square"] == {"n": 1, "p5": 1.0, "p50": 1.0, "p95": 1.0, "above_square_threshold": 1.0}
     assert rep["backbone"]["circle"]["n"] == 1 and 0 < rep["backbone"]["circle"]["p50"] <= 1
     assert sum(v["n"] for v in rep["motion"].values()) == 8  # one clip: 8 frames, one shape
+
+
+@pytest.mark.skipif(not os.path.isfile(CARDS), reason="no shipped toy models in this checkout")
+def test_unpack_rebuilds_a_run_that_continues_and_reships_with_the_same_records(tmp_path):
+    """``unpack`` turns the shipped tree into a run folder: its components compute what the shipped
+    files compute, its records give back each card's command, steps and minutes split, a
+    component continues from the card's step (no optimizer state: AdamW starts afresh), and a
+    non-empty destination or a non-shipped source is refused by name."""
+    from fdd.models.sd1 import load_sd1
+    from fdd.toy import train as T
+    from fdd.toy.ship import _command, _elapsed_at, _training_record, unpack
+
+    run = tmp_path / "run"
+    res = unpack(None, run)
+    assert res["components"] == ["controlnet", "decoder", "motion", "t2v", "unet", "vae"]
+    assert not (tmp_path / "run.partial").exists()
+    shipped = load_sd1(toy_paths()["backbone"], tokenizer=toy_paths()["tokenizer"])
+    kit = T.Toolkit(str(run))
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    emb = kit.emb(["a red circle on a white background", ""])
+    with torch.no_grad():
+        want = shipped.unet.float()(x, torch.tensor([500, 500]), encoder_hidden_states=emb).sample
+        got = kit.unet(x, torch.tensor([500, 500]), encoder_hidden_states=emb).sample
+        assert torch.allclose(got, want, atol=1e-5)
+        ids = shipped.tokenizer(["make the circle blue"], padding="max_length", max_length=20,
+                                return_tensors="pt").input_ids
+        assert torch.allclose(kit.emb(["make the circle blue"])[0], shipped.text_encoder.float()(ids)[0][0],
+                              atol=1e-5)
+        assert torch.equal(kit.vae.decoder.conv_out.weight, shipped.vae.float().decoder.conv_out.weight)
+    cards = json.loads(open(CARDS).read())["models"]
+    for comp, name in (("backbone", "unet"), ("controlnet", "controlnet"), ("motion", "motion"), ("t2v", "t2v")):
+        rec = _training_record(str(run), name)
+        cmd, minutes = _command(str(run), name, rec)
+        card = cards[comp]
+        assert cmd == card["command"] and rec["steps"] == card["steps"], comp
+        assert rec["train_minutes"] == card["train_minutes"] and rec["lr"] == card["lr"], comp
+        assert minutes.get("continuations") == card.get("continuations"), comp
+    dec = cards["backbone"]["decoder_training"]
+    assert _training_record(str(run), "decoder")["steps"] == dec["steps"]
+    assert _elapsed_at(str(run), "decoder", dec["steps"]) == round(dec["train_minutes"] * 60, 2)
+    # continue the edit adapter one step from the card's step
+    step0 = cards["controlnet"]["steps"]
+    out = T.train("controlnet", str(run), T.TrainConfig(steps=step0 + 1, minutes=1e6, batch=2, eval_samples=1,
+                                                        sample_steps=2, eval_every=0, lr=1e-5))
+    assert out["step"] == step0 + 1
+    st = torch.load(run / "controlnet" / "state.pt", weights_only=True)
+    assert st["step"] == step0 + 1 and st["opt"] is not None
+    log = [json.loads(line) for line in open(run / "controlnet" / "log.jsonl")]
+    assert log[-2] == {"step": step0, "elapsed_s": round(cards["controlnet"]["train_minutes"] * 60, 2), "unpacked": True}
+    assert log[-1]["step"] == step0 + 1 and log[-1]["final"]
+    with pytest.raises(FileExistsError, match="run: .*already holds files"):
+        unpack(None, run)
+    with pytest.raises(ValueError, match="models: .*not a shipped toy tree"):
+        unpack(str(run), tmp_path / "again")

@@ -297,3 +297,54 @@ def test_parallel_passes_every_flag_value_through_even_one_named_like_a_position
     again = ap.parse_args(["train", "controlnet", *flags])
     assert again.out == "all" and again.lr == 1e-3 and again.task_weights == args.task_weights
     assert again.task_weights["Add"] == 3.0 and "Add=3" in tw
+
+
+def test_x0_estimate_inverts_the_forward_noising():
+    """With the true noise as the denoiser's output the estimate returns the clean latent
+    exactly; with a zero output it is z_t / sqrt(abar_t) (checked against the schedule)."""
+    from fdd.toy.train import _alphas, x0_estimate
+
+    ab = _alphas()
+    g = torch.Generator().manual_seed(0)
+    z, noise = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    t = torch.tensor([0, 250, 900])
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, zt, t, encoder_hidden_states):
+            return type("R", (), {"sample": self.out(zt)})()
+
+    got = x0_estimate(Oracle(lambda zt: noise), z, None, t, noise, ab)
+    assert torch.allclose(got, z, atol=1e-4)
+    zero = x0_estimate(Oracle(torch.zeros_like), z, None, t, noise, ab)
+    a = ab[t].view(-1, 1, 1, 1)
+    assert torch.allclose(zero, (a.sqrt() * z + (1 - a).sqrt() * noise) / a.sqrt(), atol=1e-5)
+
+
+def test_decoder_x0_share_trains_on_backbone_estimates_and_refuses_bad_settings(tmp_path, monkeypatch):
+    """``decoder_x0`` decodes that share of each batch from the backbone's x0 estimates (the UNet
+    is called with those frames' captions, timesteps below ``decoder_x0_tmax``); the encoder stays
+    bit-equal; a share outside [0, 1) or a bound outside 1..1000 is refused by name."""
+    from fdd.toy import train as T
+
+    out = str(tmp_path)
+    for name in ("text", "vae", "unet"):
+        train(name, out, _cfg())
+    seen = []
+    real = T.x0_estimate
+
+    def spy(unet, z, emb, t, noise, ab):
+        seen.append((len(z), int(t.max())))
+        return real(unet, z, emb, t, noise, ab)
+
+    monkeypatch.setattr(T, "x0_estimate", spy)
+    res = train("decoder", out, _cfg(steps=2, batch=4, eval_every=0, decoder_x0=0.5, decoder_x0_tmax=50))
+    assert res["step"] == 2 and seen and all(n == 2 and tmax < 50 for n, tmax in seen)
+    old, new = T._final_weights(out, "vae"), T._final_weights(out, "decoder")
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith(("encoder.", "quant_conv.")))
+    for bad, word in (({"decoder_x0": 1.0}, "decoder_x0:"), ({"decoder_x0_tmax": 0}, "decoder_x0_tmax:")):
+        with pytest.raises(ValueError, match=word):
+            T.train_vae_decoder(out, _cfg(**bad))

@@ -23,7 +23,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     d.add_argument("--size", type=int, default=32)
     d.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="train toy models and export them in the real formats")
-    t.add_argument("component", help="text | vae | unet | controlnet | motion | t2v | all")
+    t.add_argument("component", help="text | vae | unet | controlnet | motion | t2v | decoder | all")
     t.add_argument("--out", required=True)
     t.add_argument("--minutes", type=float, default=None,
                    help="cap on the component's total training minutes, resumed training included "
@@ -40,6 +40,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--cfg-scale", type=float, default=None)
     t.add_argument("--offset-noise", type=float, default=None, help="offset-noise scale (see training_noise)")
     t.add_argument("--device", default=None, help="torch device to train on (default cpu; e.g. cuda)")
+    t.add_argument("--decoder-x0", type=float, default=None,
+                   help="decoder: share of each batch decoded from the backbone's one-step clean-latent "
+                        "estimate (see train.train_vae_decoder; default 0)")
+    t.add_argument("--decoder-x0-tmax", type=int, default=None,
+                   help="decoder: timesteps of those estimates are drawn below this (default 400)")
     t.add_argument("--task-weights", default=None, type=_task_weights,
                    help="controlnet: relative sampling weight per edit task, e.g. Add=3,Local=2 (tasks not "
                         "named keep weight 1; default: uniform)")
@@ -55,6 +60,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sh.add_argument("--n-video", type=int, default=64, help="clips per video-model evaluation")
     sh.add_argument("--cfg-scale", type=float, default=None,
                     help="one guidance scale for every model's evaluation (default: fdd.toy.ship.GUIDANCE per model)")
+    u = sub.add_parser("unpack", help="turn a shipped toy tree back into a training run folder that 'train' "
+                                      "continues and 'ship' re-ships (see ship.unpack)")
+    u.add_argument("--models", default=None, help="shipped tree (default: the pack's models/toy)")
+    u.add_argument("--out", required=True, help="new or empty run folder")
     f = sub.add_parser("fill", help="box-fill statistics per shape (how sharply the models draw squares; see "
                                     "fdd.toy.diagnose)")
     f.add_argument("--models", default=None, help="shipped tree or training run (default: the pack's models/toy)")
@@ -76,6 +85,11 @@ def main(argv=None) -> int:
                      args.n_image, args.n_video, args.cfg_scale)
         print(json.dumps({"floors_met": cards["floors_met"], "total_bytes": cards["total_bytes"],
                           "quality": {k: v["quality"] for k, v in cards["models"].items()}}, default=str))
+        return 0
+    if args.cmd == "unpack":
+        from .ship import unpack
+
+        print(json.dumps(unpack(args.models, args.out)))
         return 0
     if args.cmd == "fill":
         from .diagnose import shape_fill_report
@@ -103,7 +117,7 @@ def main(argv=None) -> int:
                           steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
                           **DEFAULT_SETTINGS.get(name, {}))
         for k in ("batch", "clips_per_batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale",
-                  "offset_noise", "device", "task_weights"):
+                  "offset_noise", "device", "task_weights", "decoder_x0", "decoder_x0_tmax"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)

@@ -199,7 +199,7 @@ def _command(run: str, name: str, rec: dict) -> tuple[str, dict]:
     if name in T.STAGES:
         cmd += (f"; steps {T.DEFAULT_STEPS[name]} at the default lr, then the stages (total steps, lr, "
                 f"offset noise) {T.STAGES[name]}")
-    recipe_end = T.STAGES[name][-1][0] if name in T.STAGES else None
+    recipe_end = T.STAGES[name][-1][0] if name in T.STAGES else T.DEFAULT_STEPS.get(name)
     steps = rec.get("steps") or 0
     if recipe_end is None or steps <= recipe_end or name not in T.CONTINUATIONS:
         return cmd, {}
@@ -267,8 +267,13 @@ def write_cards(folder: str, cards: dict) -> None:
         for part, key in (("VAE", "vae_training"), ("VAE decoder fine-tune (encoder frozen)", "decoder_training")):
             if card.get(key):
                 r = card[key]
-                lines.append(f"- {part}: {r.get('steps')} steps, lr {r.get('lr')}, {r.get('train_minutes')} "
-                             "training minutes")
+                lines.append(f"- {part}: {r.get('steps')} steps, lr {r.get('lr')} (last stage), "
+                             f"{r.get('train_minutes')} training minutes"
+                             + (f" ({r['recipe_minutes_cpu']} of the recipe, "
+                                + ", ".join(f"{c['minutes']} continuing to step {c['to_step']} on {c['where']}"
+                                            for c in r.get("continuations", [])) + ")"
+                                if "recipe_minutes_cpu" in r else "")
+                             + (f"; command: `{r['command']}`" if r.get("command") else ""))
         if card.get("quality"):
             q = {k: v for k, v in card["quality"].items() if not isinstance(v, dict)}
             lines.append("- quality (shipped file): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
@@ -324,7 +329,11 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
                         "quality_fp32": fp32.get(comp), "vae_ceiling": ceilings.get(comp)}
     vae = _training_record(run, "vae")
     models["backbone"]["vae_training"] = vae
-    models["backbone"]["decoder_training"] = _training_record(run, "decoder")  # {} when the run has none
+    dec = _training_record(run, "decoder")  # {} when the run has none
+    if dec:
+        command, minutes = _command(run, "decoder", dec)
+        dec = {"command": command, **dec, **minutes} if minutes else dec
+    models["backbone"]["decoder_training"] = dec
     cards = {"settings": {"dtype": str(dtype).replace("torch.", ""), "n_image": n_image, "n_video": n_video,
                           "cfg_scale": guidance(cfg_scale), "reader": "blur_robust", "sample_steps": T.TrainConfig().sample_steps,
                           "eval_seed": 12345},
@@ -334,3 +343,114 @@ def ship(run: str, out: str = SHIPPED_DIR, dtype: torch.dtype = torch.float16, n
     shutil.rmtree(out, ignore_errors=True)
     os.replace(stage, out)
     return cards
+
+
+#: which shipped card holds each training component's record in :func:`unpack`
+_CARD_OF = {"unet": ("backbone", None), "vae": ("backbone", "vae_training"),
+            "decoder": ("backbone", "decoder_training"), "controlnet": ("controlnet", None),
+            "motion": ("motion", None), "t2v": ("t2v", None)}
+
+
+def _card_result(name: str, rec: dict, source: str) -> dict:
+    """A ``result.json`` (what :func:`fdd.toy.train.train` writes) rebuilt from a card's record."""
+    size_key = "clips_per_batch" if name in ("motion", "t2v") else "batch"
+    config = {"seed": rec.get("seed", 0), size_key: rec.get(size_key), "lr": rec.get("lr")}
+    return {"component": name, "config": config, "step": rec.get("steps") or 0,
+            "elapsed_s": round(float(rec.get("train_minutes") or 0.0) * 60, 2), "loss": None,
+            "eval": rec.get("last_training_eval"), "unpacked_from": source}
+
+
+def _card_log(name: str, rec: dict) -> list[dict]:
+    """``log.jsonl`` records at the recipe's end, each continuation leg's end and the card's last
+    step (training seconds), so :func:`_command` splits the minutes of a re-shipped card as the
+    card did, and of a leg added after unpacking."""
+    out = []
+    if rec.get("recipe_minutes_cpu") is not None:
+        t = float(rec["recipe_minutes_cpu"]) * 60
+        end = T.STAGES[name][-1][0] if name in T.STAGES else T.DEFAULT_STEPS[name]
+        out.append({"step": end, "elapsed_s": round(t, 2), "unpacked": True})
+        for leg in rec.get("continuations", []):
+            if leg.get("minutes") is None:
+                break
+            t += float(leg["minutes"]) * 60
+            out.append({"step": leg["to_step"], "elapsed_s": round(t, 2), "unpacked": True})
+    if rec.get("steps") and (not out or out[-1]["step"] != rec["steps"]):
+        out.append({"step": rec["steps"], "elapsed_s": round(float(rec.get("train_minutes") or 0.0) * 60, 2),
+                    "unpacked": True})
+    return out
+
+
+def unpack(models: str | os.PathLike | None, run: str | os.PathLike) -> dict:
+    """Turn a shipped toy tree (``models``; None: the pack's) back into a training run folder
+    ``run`` that ``python -m fdd.toy train COMPONENT --out RUN --steps N`` continues and
+    ``python -m fdd.toy ship --run RUN`` ships again with the same cards' training records.
+
+    Written per component: ``final.pt`` (the shipped weights in fp32: the shipped dtype's
+    values, so nothing is recovered that the cast dropped), ``state.pt`` for resuming (step
+    and training seconds from the card; the shipped weights as both the raw and the EMA weights,
+    since only the EMA average was shipped; no optimizer moments, so AdamW starts them afresh),
+    ``result.json`` and ``log.jsonl`` rebuilt from the card (marked ``unpacked``), and the fp32
+    exports (``RUN/export``). The ``vae`` component (its encoder defines the latent space) gets
+    no state: retraining it would invalidate everything trained on it. Refuses a ``run`` that
+    already holds files. Returns ``{"run", "components", "source"}``."""
+    from diffusers import UNetMotionModel
+
+    from fdd.models.controlnet import load_controlnet
+    from fdd.models.motion import load_motion_adapter
+    from fdd.models.sd1 import load_sd1
+    from fdd.models.t2v import load_t2v_unet
+
+    source = os.path.abspath(os.fspath(models or SHIPPED_DIR))
+    paths = toy_paths(source)
+    if not os.path.isdir(os.path.join(source, "checkpoints")):
+        raise ValueError(f"models: {source!r} is not a shipped toy tree (checkpoints/, controlnet/, ...); "
+                         "a training run needs no unpacking")
+    cards_path = os.path.join(source, "cards.json")
+    if not os.path.isfile(cards_path):
+        raise FileNotFoundError(f"models: {source!r} has no cards.json (the training records unpack rebuilds)")
+    with open(cards_path) as fh:
+        cards = json.load(fh)["models"]
+    final = os.path.abspath(os.fspath(run))
+    if os.path.isdir(final) and os.listdir(final):
+        raise FileExistsError(f"run: {final!r} already holds files; unpack into a new or empty folder")
+    run = final + ".partial"  # staged, renamed into place when complete
+    shutil.rmtree(run, ignore_errors=True)
+    bb = load_sd1(paths["backbone"], tokenizer=paths["tokenizer"])
+    unet = bb.unet.float()
+    adapter = load_motion_adapter(paths["motion"])
+    weights = {"unet": unet.state_dict(), "vae": bb.vae.float().state_dict(),
+               "decoder": bb.vae.state_dict(), "controlnet": load_controlnet(paths["controlnet"]).state_dict(),
+               "motion": adapter.state_dict(), "t2v": load_t2v_unet(paths["t2v"]).state_dict()}
+    # the module train_loop resumes: the motion module trains inside the inflated backbone
+    trained = dict(weights, motion=UNetMotionModel.from_unet2d(unet, adapter).state_dict())
+    os.makedirs(os.path.join(run, "text"), exist_ok=True)
+    shutil.copytree(paths["tokenizer"], os.path.join(run, "text", "tokenizer"))
+    te = bb.text_encoder.float()
+    T._atomic_save({"model": te.state_dict(), "vocab_size": te.config.vocab_size},
+                   os.path.join(run, "text", "text_encoder.pt"))
+    for name, sd in weights.items():
+        card, sub = _CARD_OF[name]
+        rec = cards[card].get(sub, {}) if sub else cards[card]
+        d = os.path.join(run, name)
+        os.makedirs(d, exist_ok=True)
+        T._atomic_save(sd, os.path.join(d, "final.pt"))
+        result = _card_result(name, rec, source)
+        if name != "vae":
+            model_sd = trained[name]
+            T._atomic_save({"model": model_sd, "opt": None,
+                            "ema": {k: v for k, v in model_sd.items() if v.is_floating_point()},
+                            "step": result["step"], "elapsed_s": result["elapsed_s"],
+                            "config": result["config"] | {"unpacked_from": source}}, os.path.join(d, "state.pt"))
+        with open(os.path.join(d, "result.json"), "w") as fh:
+            json.dump(result, fh, indent=1)
+        with open(os.path.join(d, "log.jsonl"), "w") as fh:
+            for r in _card_log(name, rec):
+                fh.write(json.dumps(r) + "\n")
+    T.export_backbone(run)
+    T.export_controlnet(run)
+    T.export_motion(run)
+    T.export_t2v(run)
+    if os.path.isdir(final):
+        os.rmdir(final)
+    os.replace(run, final)
+    return {"run": final, "components": sorted(weights), "source": source}

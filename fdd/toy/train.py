@@ -139,7 +139,9 @@ CONTINUATIONS = {
                     "stages": [(21000, 1e-4)]}),
     "motion": ({"where": "one H100", "settings": {"device": "cuda", "clips_per_batch": 16, "eval_every": 1000,
                                                   "eval_samples": 32},
-                "stages": [(9300, 1e-3), (12103, 3e-4)]},)}
+                "stages": [(9300, 1e-3), (12103, 3e-4)]},),
+    "decoder": ({"where": "1 CPU thread (from the unpacked shipped set)",
+                 "settings": {"decoder_x0": 0.5, "decoder_x0_tmax": 400}, "stages": [(2600, 3e-4)]},)}
 #: wall-clock cap in minutes per component for the CLI, stages included (a safety stop, ~2-3x
 #: the expected time on 2 cores)
 DEFAULT_MINUTES = {"text": 0.0, "vae": 120.0, "unet": 150.0, "controlnet": 200.0, "motion": 240.0, "t2v": 45.0,
@@ -182,6 +184,11 @@ class TrainConfig:
     #: edit adapter training: relative sampling weight per edit task (``None``: uniform over
     #: TASKS, the recipe; tasks left out of a given dict get weight 0). Evaluation stays uniform.
     task_weights: dict | None = None
+    #: decoder fine-tune: share of each batch decoded from the backbone's one-step estimate of the
+    #: clean latent (:func:`x0_estimate`) of the frame noised at a timestep below
+    #: ``decoder_x0_tmax``, instead of from the encoder's posterior sample (0: the recipe)
+    decoder_x0: float = 0.0
+    decoder_x0_tmax: int = 400
     extra: dict = field(default_factory=dict)
 
 
@@ -493,7 +500,8 @@ def train_loop(name: str, out: str, cfg: TrainConfig, model: torch.nn.Module, pa
     if os.path.isfile(state_path):
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
+        if st.get("opt") is not None:  # a run unpacked from shipped files has no optimizer moments
+            opt.load_state_dict(st["opt"])
         for g in opt.param_groups:  # the command's lr applies on resume (a cool-down is a resume at a lower lr)
             g["lr"] = cfg.lr
         if shadow is not None:
@@ -748,15 +756,30 @@ def _attr_scores(got, want) -> dict:
             "centroid_err_px": float(np.median(cerr)) if cerr else float("nan"), "n": n}
 
 
-def _vae_loss(vae, x, gen, kl_weight: float) -> torch.Tensor:
+def _vae_loss(vae, x, gen, kl_weight: float, z_extra: torch.Tensor | None = None,
+              x_extra: torch.Tensor | None = None) -> torch.Tensor:
     """Reconstruction loss (MSE + L1) of ``x`` decoded from a posterior sample, plus
     ``kl_weight`` x the per-element KL when it is non-zero (train_vae; the decoder fine-tune
-    uses 0: its encoder is frozen)."""
+    uses 0: its encoder is frozen). ``z_extra`` (unscaled latents) decoded towards ``x_extra``
+    join the same loss (the decoder fine-tune's x0 estimates)."""
     post = vae.encode(x).latent_dist
     z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)
+    if z_extra is not None:
+        z, x = torch.cat([z, z_extra]), torch.cat([x, x_extra])
     rec = vae.decode(z).sample
     loss = F.mse_loss(rec, x) + F.l1_loss(rec, x)
     return loss + kl_weight * (post.kl().mean() / z[0].numel()) if kl_weight else loss
+
+
+def x0_estimate(unet, z: torch.Tensor, emb: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                ab: torch.Tensor) -> torch.Tensor:
+    """The denoiser's one-step estimate of the clean latent from ``z`` noised to ``t``:
+    z0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) with z_t = sqrt(abar_t) z +
+    sqrt(1 - abar_t) noise (DDPM, Ho et al. 2020, eq. 4 solved for x0 with eps_hat for eps)."""
+    zt = _noised(z, noise, t, ab)
+    eps = unet(zt, t, encoder_hidden_states=emb).sample
+    a = ab[t].view(-1, *([1] * (z.dim() - 1)))
+    return (zt - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 def train_vae(out: str, cfg: TrainConfig) -> dict:
@@ -783,16 +806,37 @@ def train_vae_decoder(out: str, cfg: TrainConfig) -> dict:
 
     Why: the evaluator misread shapes decoded by the 1100-step VAE (square corners rounded into
     circles), which capped the adapters' measurable preservation and clip constancy below the
-    issue's floors (model cards' "ceiling" lines)."""
+    issue's floors (model cards' "ceiling" lines).
+
+    ``cfg.decoder_x0`` > 0 (needs the run's trained ``unet``): that share of each batch is
+    decoded from the backbone's :func:`x0_estimate` of the frame's latent noised at a timestep
+    drawn below ``cfg.decoder_x0_tmax`` (caption given), towards the rendered frame, so the
+    decoder also learns to draw the latents a sampler ends on (softer than the encoder's) as
+    the world's sharp shapes; the rest keeps the posterior samples that hold reconstructions."""
     vae = make_vae(0)
     vae.load_state_dict(_final_weights(out, "vae"))
     vae.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
+    if not 0.0 <= cfg.decoder_x0 < 1.0:
+        raise ValueError(f"decoder_x0: expected a share in [0, 1), got {cfg.decoder_x0}")
+    if not 1 <= cfg.decoder_x0_tmax <= 1000:
+        raise ValueError(f"decoder_x0_tmax: expected a timestep bound in 1..1000, got {cfg.decoder_x0_tmax}")
+    k = int(round(cfg.batch * cfg.decoder_x0))
+    kit, ab = (Toolkit(out, cfg.device), _alphas(cfg.device)) if k else (None, None)
 
     def step(i, rng, gen):
-        return _vae_loss(vae, sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)[0].to(cfg.device), gen, 0.0)
+        x, caps = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
+        x = x.to(cfg.device)
+        if not k:
+            return _vae_loss(vae, x, gen, 0.0)
+        with torch.no_grad():
+            z = vae.encode(x[:k]).latent_dist.mean * SCALING
+            t = torch.randint(0, cfg.decoder_x0_tmax, (k,), generator=gen).to(z.device)
+            noise = torch.randn(z.shape, generator=gen).to(z.device)
+            z0 = x0_estimate(kit.unet, z, kit.emb(caps[:k]), t, noise, ab) / SCALING
+        return _vae_loss(vae, x[k:], gen, 0.0, z0, x[:k])
 
     res = train_loop("decoder", out, cfg, vae, params, step, lambda m: eval_vae(m, cfg.eval_samples, size=cfg.size))
     _atomic_save(vae.state_dict(), os.path.join(out, "decoder", "final.pt"))
