@@ -130,6 +130,14 @@ STAGES = {"vae": [(8000, 1e-3, 0.0), (10000, 3e-4, 0.0)],
 #:   often (``task_weights``). Against the H100 leg's weights, paired on the same 256 edits at cfg 2:
 #:   preservation +0.020 +- 0.012 (validation seed 999) and +0.016 +- 0.012 (card seed 12345),
 #:   from shape changes (Local) and Add; edit accuracy +0.004 / +0.023.
+#: - the VAE decoder, on 1 CPU thread from the shipped set rebuilt by ``python -m fdd.toy unpack``
+#:   (the recipe's run folder was gone): 600 steps with half of each batch decoded from the
+#:   backbone's x0 estimates (``decoder_x0`` 0.5, t < 400; 24 min). Decoding the same sampled
+#:   latents (validation seed 999, n 256 / 64) as the shipped decoder: backbone all-correct
+#:   0.945 -> 0.957, edit preservation 0.891 -> 0.898, edit fully right 0.820 -> 0.832, motion
+#:   constant clips 0.734 -> 0.750 (one clip), reconstructions still 1.0; on the card seed
+#:   (12345) preservation 0.852 -> 0.867, edit accuracy 0.887 -> 0.883, constant clips
+#:   0.609 -> 0.594 (one clip), backbone 0.938 -> 0.941.
 CONTINUATIONS = {
     "controlnet": ({"where": "one H100", "settings": {"device": "cuda", "batch": 128, "eval_every": 1000,
                                                       "eval_samples": 128},
