@@ -190,6 +190,12 @@ def _elapsed_at(run: str, comp: str, step: int) -> float | None:
     return best
 
 
+def _recipe_end(name: str) -> int | None:
+    """The step where component ``name``'s CPU recipe ends (its last stage, else its default
+    steps); continuation legs start there."""
+    return T.STAGES[name][-1][0] if name in T.STAGES else T.DEFAULT_STEPS.get(name)
+
+
 def _command(run: str, name: str, rec: dict) -> tuple[str, dict]:
     """The card's training command for component ``name``, and, when the run went past the
     recipe, the minutes of the CPU recipe and of each continuation leg it reached
@@ -199,7 +205,7 @@ def _command(run: str, name: str, rec: dict) -> tuple[str, dict]:
     if name in T.STAGES:
         cmd += (f"; steps {T.DEFAULT_STEPS[name]} at the default lr, then the stages (total steps, lr, "
                 f"offset noise) {T.STAGES[name]}")
-    recipe_end = T.STAGES[name][-1][0] if name in T.STAGES else T.DEFAULT_STEPS.get(name)
+    recipe_end = _recipe_end(name)
     steps = rec.get("steps") or 0
     if recipe_end is None or steps <= recipe_end or name not in T.CONTINUATIONS:
         return cmd, {}
@@ -237,6 +243,14 @@ def _cfg_text(cfg) -> str:
     return ", ".join(f"{k} {v}" for k, v in cfg.items()) if isinstance(cfg, dict) else str(cfg)
 
 
+def _minutes_split(rec: dict, recipe_where: str = "") -> str:
+    """``"<m> of the recipe<where>, <m> continuing to step <n> on <where>, ..."`` for a card
+    record with ``recipe_minutes_cpu`` and ``continuations`` (see :func:`_command`)."""
+    return ", ".join([f"{rec['recipe_minutes_cpu']} of the recipe{recipe_where}"]
+                     + [f"{c['minutes']} continuing to step {c['to_step']} on {c['where']}"
+                        for c in rec.get("continuations", [])])
+
+
 def write_cards(folder: str, cards: dict) -> None:
     with open(os.path.join(folder, "cards.json"), "w") as fh:
         json.dump(cards, fh, indent=1, default=str)
@@ -258,10 +272,7 @@ def write_cards(folder: str, cards: dict) -> None:
                   + (f"{card['clips_per_batch']} clips per step" if "clips_per_batch" in card
                      else f"batch {card.get('batch')}")
                   + f" (last stage), lr {card.get('lr')} (last stage), {card.get('train_minutes')} training minutes "
-                  + (f"({card['recipe_minutes_cpu']} of the recipe on 2 CPU cores, "
-                     + ", ".join(f"{c['minutes']} continuing to step {c['to_step']} on {c['where']}"
-                                 for c in card.get("continuations", [])) + ") "
-                     if "recipe_minutes_cpu" in card else "")
+                  + (f"({_minutes_split(card, ' on 2 CPU cores')}) " if "recipe_minutes_cpu" in card else "")
                   + "(evaluations excluded)",
                   f"- stored as {cards['settings']['dtype']}, {card['bytes'] / 1e6:.2f} MB"]
         for part, key in (("VAE", "vae_training"), ("VAE decoder fine-tune (encoder frozen)", "decoder_training")):
@@ -269,10 +280,7 @@ def write_cards(folder: str, cards: dict) -> None:
                 r = card[key]
                 lines.append(f"- {part}: {r.get('steps')} steps, lr {r.get('lr')} (last stage), "
                              f"{r.get('train_minutes')} training minutes"
-                             + (f" ({r['recipe_minutes_cpu']} of the recipe, "
-                                + ", ".join(f"{c['minutes']} continuing to step {c['to_step']} on {c['where']}"
-                                            for c in r.get("continuations", [])) + ")"
-                                if "recipe_minutes_cpu" in r else "")
+                             + (f" ({_minutes_split(r)})" if "recipe_minutes_cpu" in r else "")
                              + (f"; command: `{r['command']}`" if r.get("command") else ""))
         if card.get("quality"):
             q = {k: v for k, v in card["quality"].items() if not isinstance(v, dict)}
@@ -367,8 +375,7 @@ def _card_log(name: str, rec: dict) -> list[dict]:
     out = []
     if rec.get("recipe_minutes_cpu") is not None:
         t = float(rec["recipe_minutes_cpu"]) * 60
-        end = T.STAGES[name][-1][0] if name in T.STAGES else T.DEFAULT_STEPS[name]
-        out.append({"step": end, "elapsed_s": round(t, 2), "unpacked": True})
+        out.append({"step": _recipe_end(name), "elapsed_s": round(t, 2), "unpacked": True})
         for leg in rec.get("continuations", []):
             if leg.get("minutes") is None:
                 break

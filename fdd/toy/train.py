@@ -784,10 +784,11 @@ def x0_estimate(unet, z: torch.Tensor, emb: torch.Tensor, t: torch.Tensor, noise
     """The denoiser's one-step estimate of the clean latent from ``z`` noised to ``t``:
     z0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) with z_t = sqrt(abar_t) z +
     sqrt(1 - abar_t) noise (DDPM, Ho et al. 2020, eq. 4 solved for x0 with eps_hat for eps)."""
+    from fdd.sampling import predict_x0
+
     zt = _noised(z, noise, t, ab)
     eps = unet(zt, t, encoder_hidden_states=emb).sample
-    a = ab[t].view(-1, *([1] * (z.dim() - 1)))
-    return (zt - (1 - a).sqrt() * eps) / a.sqrt()
+    return predict_x0(zt, eps, ab[t].view(-1, *([1] * (z.dim() - 1))))
 
 
 def train_vae(out: str, cfg: TrainConfig) -> dict:
@@ -821,16 +822,16 @@ def train_vae_decoder(out: str, cfg: TrainConfig) -> dict:
     drawn below ``cfg.decoder_x0_tmax`` (caption given), towards the rendered frame, so the
     decoder also learns to draw the latents a sampler ends on (softer than the encoder's) as
     the world's sharp shapes; the rest keeps the posterior samples that hold reconstructions."""
+    if not 0.0 <= cfg.decoder_x0 < 1.0:
+        raise ValueError(f"decoder_x0: expected a share in [0, 1), got {cfg.decoder_x0}")
+    if not 1 <= cfg.decoder_x0_tmax <= 1000:
+        raise ValueError(f"decoder_x0_tmax: expected a timestep bound in 1..1000, got {cfg.decoder_x0_tmax}")
     vae = make_vae(0)
     vae.load_state_dict(_final_weights(out, "vae"))
     vae.requires_grad_(False)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
-    if not 0.0 <= cfg.decoder_x0 < 1.0:
-        raise ValueError(f"decoder_x0: expected a share in [0, 1), got {cfg.decoder_x0}")
-    if not 1 <= cfg.decoder_x0_tmax <= 1000:
-        raise ValueError(f"decoder_x0_tmax: expected a timestep bound in 1..1000, got {cfg.decoder_x0_tmax}")
     k = int(round(cfg.batch * cfg.decoder_x0))
     kit, ab = (Toolkit(out, cfg.device), _alphas(cfg.device)) if k else (None, None)
 
