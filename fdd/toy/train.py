@@ -610,9 +610,16 @@ def _alphas(device="cpu"):
     return DDIMSchedule().alphas_cumprod.float().to(device)
 
 
+def _abar(ab: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``ab[t]`` shaped to broadcast over a batch like ``like`` (one value per item)."""
+    return ab[t].view(-1, *([1] * (like.dim() - 1)))
+
+
 def _noised(x0, noise, t, ab):
-    a = ab[t].view(-1, *([1] * (x0.dim() - 1)))
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+    """Per-item forward process (:func:`fdd.sampling.add_noise`) at timesteps ``t``."""
+    from fdd.sampling import add_noise
+
+    return add_noise(x0, noise, _abar(ab, t, x0))
 
 
 # ------------------------------------------------------------------------------------------
@@ -788,7 +795,7 @@ def x0_estimate(unet, z: torch.Tensor, emb: torch.Tensor, t: torch.Tensor, noise
 
     zt = _noised(z, noise, t, ab)
     eps = unet(zt, t, encoder_hidden_states=emb).sample
-    return predict_x0(zt, eps, ab[t].view(-1, *([1] * (z.dim() - 1))))
+    return predict_x0(zt, eps, _abar(ab, t, z))
 
 
 def train_vae(out: str, cfg: TrainConfig) -> dict:
