@@ -238,7 +238,7 @@ def test_task_weights_steer_the_edit_mix_and_bad_weights_are_refused():
     """``task_weights`` draws tasks in proportion to the weights (a task at 0 never appears), the
     uniform default draws exactly the recipe's edits, and bad weights fail naming the input."""
     from fdd.toy.__main__ import _task_weights
-    from fdd.toy.train import sample_edits, task_probabilities
+    from fdd.toy.train import draw_probabilities, sample_edits
     from fdd.toy.world import TASKS
 
     n = 700
@@ -254,8 +254,11 @@ def test_task_weights_steer_the_edit_mix_and_bad_weights_are_refused():
         "remove the triangle", "draw the square as an outline", "change the background to black"]
     assert idx == [1, 7, 2, 0, 1, 6]
 
+    def task_probabilities(w):
+        return draw_probabilities(w, TASKS, "task_weights")
+
     assert task_probabilities({"Add": 1, "Remove": 3}).tolist() == [0, 0, 0.75, 0.25, 0, 0, 0]
-    with pytest.raises(ValueError, match="task_weights: unknown task.*'Ad'"):
+    with pytest.raises(ValueError, match="task_weights: unknown name.*'Ad'"):
         task_probabilities({"Ad": 1})
     with pytest.raises(ValueError, match="task_weights: expected finite weights >= 0"):
         task_probabilities({"Add": -1, "Local": 2})
@@ -263,10 +266,40 @@ def test_task_weights_steer_the_edit_mix_and_bad_weights_are_refused():
         task_probabilities({t: 0 for t in TASKS})
     assert _task_weights("Add=3, Local=2") == {**{t: 1.0 for t in TASKS}, "Add": 3.0, "Local": 2.0}
     import argparse
-    with pytest.raises(argparse.ArgumentTypeError, match="TASK=WEIGHT"):
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=WEIGHT pairs like Add=3,Local=2"):
         _task_weights("Add:3")
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown task"):
+    with pytest.raises(argparse.ArgumentTypeError, match="task_weights: unknown name"):
         _task_weights("Move=2")
+
+
+def test_shape_weights_steer_the_video_clips_and_the_default_is_the_recipe():
+    """``shape_weights`` draws the training clips' shapes in proportion to the weights (edits of
+    the drawn scene may still change the shape), the default draws the recipe's clips bit for
+    bit, and the CLI parses / refuses the flag naming it."""
+    import argparse
+
+    from fdd.toy.__main__ import build_parser
+    from fdd.toy.train import sample_clips
+    from fdd.toy.world import SHAPES, random_scene
+
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng, shape_p=np.array([0.0, 0.8, 0.2])) for _ in range(600)]
+    share = np.mean([s.objects[0].shape == "square" for s in scenes])
+    assert not any(s.objects[0].shape == "circle" for s in scenes)
+    assert abs(share - 0.8) < 4 * (0.8 * 0.2 / 600) ** 0.5
+
+    x0, c0 = sample_clips(np.random.default_rng(4), 3)
+    x1, c1 = sample_clips(np.random.default_rng(4), 3, shape_weights=None)
+    assert c0 == c1 and torch.equal(x0, x1)
+    _, caps = sample_clips(np.random.default_rng(4), 40, edited=0.0, shape_weights={"square": 1})
+    assert all("square" in c for c in caps)
+
+    ap, _ = build_parser()
+    args = ap.parse_args(["train", "motion", "--out", "r", "--shape-weights", "square=3"])
+    assert args.shape_weights == {"circle": 1.0, "square": 3.0, "triangle": 1.0}
+    assert set(args.shape_weights) == set(SHAPES)
+    with pytest.raises(SystemExit):
+        ap.parse_args(["train", "motion", "--out", "r", "--shape-weights", "hexagon=2"])
 
 
 def test_resume_with_a_spent_minutes_budget_says_so(tmp_path, capsys):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .world import SHAPES, TASKS
+
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The CLI's parser and its ``train`` sub-parser."""
@@ -48,6 +50,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--task-weights", default=None, type=_task_weights,
                    help="controlnet: relative sampling weight per edit task, e.g. Add=3,Local=2 (tasks not "
                         "named keep weight 1; default: uniform)")
+    t.add_argument("--shape-weights", default=None, type=_shape_weights,
+                   help="motion, t2v: relative sampling weight per shape of the training clips, e.g. "
+                        "square=3 (shapes not named keep weight 1; default: uniform)")
     t.add_argument("--parallel", action="store_true",
                    help="with 'all': train the components that do not depend on each other at the same time, "
                         "one subprocess each (text, vae, then unet and t2v, then controlnet, motion and the decoder); "
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
                           steps=args.steps if args.steps is not None else DEFAULT_STEPS[name],
                           **DEFAULT_SETTINGS.get(name, {}))
         for k in ("batch", "clips_per_batch", "lr", "eval_every", "eval_samples", "ckpt_every", "cfg_scale",
-                  "offset_noise", "device", "task_weights", "decoder_x0", "decoder_x0_tmax"):
+                  "offset_noise", "device", "task_weights", "shape_weights", "decoder_x0", "decoder_x0_tmax"):
             if getattr(args, k) is not None:
                 setattr(cfg, k, getattr(args, k))
         res = train(name, args.out, cfg)
@@ -129,23 +134,31 @@ def main(argv=None) -> int:
     return 0
 
 
-def _task_weights(text: str) -> dict:
-    """``Add=3,Local=2`` -> every task at weight 1 except those named (see train.task_probabilities)."""
-    from .train import task_probabilities
-    from .world import TASKS
+def _weights(names: tuple, field: str, example: str):
+    """An argparse type: ``A=3,B=2`` -> every name in ``names`` at weight 1 except those given
+    (checked by train.draw_probabilities, whose errors name ``field``)."""
+    def parse(text: str) -> dict:
+        from .train import draw_probabilities
 
-    w = {t: 1.0 for t in TASKS}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, val = part.partition("=")  # no '=': val is '' and float() refuses it
+        w = {t: 1.0 for t in names}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, val = part.partition("=")  # no '=': val is '' and float() refuses it
+            try:
+                w[name.strip()] = float(val)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT pairs like {example}, got {part!r}") from None
         try:
-            w[name.strip()] = float(val)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT pairs like Add=3,Local=2, got {part!r}") from None
-    try:
-        task_probabilities(w)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return w
+            draw_probabilities(w, names, field)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return w
+
+    parse.__name__ = field  # argparse names the type in its 'invalid ... value' message
+    return parse
+
+
+_task_weights = _weights(TASKS, "task_weights", "Add=3,Local=2")
+_shape_weights = _weights(SHAPES, "shape_weights", "square=3")
 
 
 def _component_flags(args, parser) -> list[str]:
@@ -158,7 +171,7 @@ def _component_flags(args, parser) -> list[str]:
         value = getattr(args, action.dest)
         if value is None:
             continue
-        if isinstance(value, dict):  # --task-weights, parsed to {task: weight}
+        if isinstance(value, dict):  # --task-weights / --shape-weights, parsed to {name: weight}
             value = ",".join(f"{k}={v:g}" for k, v in value.items())
         flags += [action.option_strings[0], str(value)]
     return flags

@@ -192,6 +192,10 @@ class TrainConfig:
     #: edit adapter training: relative sampling weight per edit task (``None``: uniform over
     #: TASKS, the recipe; tasks left out of a given dict get weight 0). Evaluation stays uniform.
     task_weights: dict | None = None
+    #: video trainers (motion, t2v): relative sampling weight per shape of the clips' scenes
+    #: (``None``: uniform over SHAPES, the recipe; shapes left out get weight 0). Evaluation
+    #: stays uniform.
+    shape_weights: dict | None = None
     #: decoder fine-tune: share of each batch decoded from the backbone's one-step estimate of the
     #: clean latent (:func:`x0_estimate`) of the frame noised at a timestep below
     #: ``decoder_x0_tmax``, instead of from the encoder's posterior sample (0: the recipe)
@@ -405,25 +409,26 @@ def sample_captioned(rng, n: int, size: int = 32, frames: int = 8, edited: float
     return _to_pixels(imgs), caps
 
 
-def task_probabilities(weights: dict | None) -> np.ndarray | None:
-    """Sampling probabilities over TASKS from relative ``weights`` ({task: weight}); None stays
-    None (uniform). Unknown task names, negative weights or an all-zero dict are refused."""
+def draw_probabilities(weights: dict | None, names: tuple, field: str) -> np.ndarray | None:
+    """Sampling probabilities over ``names`` from relative ``weights`` ({name: weight}; names left
+    out get 0); None stays None (the recipe's uniform draw). Unknown names, negative weights or
+    an all-zero dict are refused, naming ``field`` (the setting they came from)."""
     if weights is None:
         return None
-    unknown = sorted(set(weights) - set(TASKS))
+    unknown = sorted(set(weights) - set(names))
     if unknown:
-        raise ValueError(f"task_weights: unknown task(s) {unknown}; expected names from {TASKS}")
-    w = np.array([float(weights.get(t, 0.0)) for t in TASKS])
+        raise ValueError(f"{field}: unknown name(s) {unknown}; expected names from {names}")
+    w = np.array([float(weights.get(t, 0.0)) for t in names])
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ValueError(f"task_weights: expected finite weights >= 0 with a positive sum, got {weights}")
+        raise ValueError(f"{field}: expected finite weights >= 0 with a positive sum, got {weights}")
     return w / w.sum()
 
 
 def sample_edits(rng, n: int, size: int = 32, frames: int = 8, task_weights: dict | None = None):
     """(input frames, target frames, instructions, output captions, edits, frame indices).
-    Tasks are uniform unless ``task_weights`` (see :func:`task_probabilities`) is given; the
+    Tasks are uniform unless ``task_weights`` (see :func:`draw_probabilities`) is given; the
     uniform draw is the recipe's, so existing seeds draw the same edits."""
-    p = task_probabilities(task_weights)
+    p = draw_probabilities(task_weights, TASKS, "task_weights")
     src, tgt, ins, caps, edits, idx = [], [], [], [], [], []
     for _ in range(n):
         scene = random_scene(rng, size, frames)  # drawn before the task, as the recipe always has
@@ -439,11 +444,14 @@ def sample_edits(rng, n: int, size: int = 32, frames: int = 8, task_weights: dic
     return _to_pixels(src), _to_pixels(tgt), ins, caps, edits, idx
 
 
-def sample_clips(rng, n: int, size: int = 32, frames: int = 8, edited: float = 0.5):
-    """``[n, F, 3, H, W]`` clips in -1..1 with captions."""
+def sample_clips(rng, n: int, size: int = 32, frames: int = 8, edited: float = 0.5,
+                 shape_weights: dict | None = None):
+    """``[n, F, 3, H, W]`` clips in -1..1 with captions. Shapes are uniform unless
+    ``shape_weights`` (see :func:`draw_probabilities`) is given; the uniform draw is the recipe's."""
+    p = draw_probabilities(shape_weights, SHAPES, "shape_weights")
     clips, caps = [], []
     for _ in range(n):
-        sc = random_scene(rng, size, frames)
+        sc = random_scene(rng, size, frames, shape_p=p)
         if rng.random() < edited:
             e = make_edit(sc, TASKS[int(rng.integers(len(TASKS)))], rng, frames)
             clips.append(render_clip(e.target, frames, e.inverted))
@@ -1033,7 +1041,8 @@ def _video_step(kit: Toolkit, cfg: TrainConfig, denoise: Callable) -> Callable:
     ab = _alphas(cfg.device)
 
     def step(i, rng, gen):
-        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames)
+        clips, caps = sample_clips(rng, cfg.clips_per_batch, cfg.size, cfg.frames,
+                                   shape_weights=cfg.shape_weights)
         z = _video_latents(kit, clips)
         noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z), z.device)
         emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))

@@ -139,8 +139,9 @@ def caption(scene: Scene, inverted: bool = False) -> str:
     return " and ".join(parts) + f" on a {bg} background"
 
 
-def random_scene(rng: np.random.Generator, size: int = 32, frames: int = 8) -> Scene:
-    """One object whose whole path over ``frames`` stays inside the frame."""
+def random_scene(rng: np.random.Generator, size: int = 32, frames: int = 8, shape_p=None) -> Scene:
+    """One object whose whole path over ``frames`` stays inside the frame; its shape is drawn
+    uniformly, or with probabilities ``shape_p`` over SHAPES."""
     r = size * rng.uniform(0.16, 0.22)
     margin = r + 1.5
     span = size - 2 * margin
@@ -149,7 +150,8 @@ def random_scene(rng: np.random.Generator, size: int = 32, frames: int = 8) -> S
     x1 = float(np.clip(x0 + rng.uniform(-0.4, 0.4) * span, margin, size - margin))
     y1 = float(np.clip(y0 + rng.uniform(-0.4, 0.4) * span, margin, size - margin))
     steps = max(1, frames - 1)
-    obj = Obj(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(BASE_COLOURS)), cx=float(x0),
+    shape = rng.choice(SHAPES) if shape_p is None else rng.choice(SHAPES, p=shape_p)
+    obj = Obj(shape=str(shape), colour=str(rng.choice(BASE_COLOURS)), cx=float(x0),
               cy=float(y0), r=float(r), vx=float((x1 - x0) / steps), vy=float((y1 - y0) / steps))
     return Scene(background=str(rng.choice(tuple(BACKGROUNDS))), objects=(obj,), size=size)
 
