@@ -272,6 +272,56 @@ def test_task_weights_steer_the_edit_mix_and_bad_weights_are_refused():
         _task_weights("Move=2")
 
 
+def test_backbone_frames_take_task_weights_and_the_default_is_the_recipe():
+    """``sample_captioned`` (the backbone's frames) draws its edited frames' tasks by
+    ``task_weights``; the default draws the recipe's frames bit for bit (seed 6's captions and
+    pixel sum from before the option existed), and `train unet` parses the flag."""
+    from fdd.toy.__main__ import build_parser
+    from fdd.toy.train import sample_captioned
+
+    x, caps = sample_captioned(np.random.default_rng(6), 5)
+    assert caps == ["a striped blue circle on a white background", "an outlined blue triangle on a black background",
+                    "a red triangle on a black background", "an outlined blue circle on a white background",
+                    "a green triangle on a white background"]
+    assert float(x.sum()) == 2365.0
+    _, caps = sample_captioned(np.random.default_rng(6), 30, edited=1.0, task_weights={"Add": 1})
+    assert all(" and a " in c for c in caps)  # Add only: every frame holds two objects
+    _, caps = sample_captioned(np.random.default_rng(6), 30, edited=0.0, task_weights={"Add": 1})
+    assert not any(" and a " in c for c in caps)  # unedited frames are untouched by the weights
+    with pytest.raises(ValueError, match="task_weights: unknown name"):
+        sample_captioned(np.random.default_rng(6), 2, task_weights={"Move": 1})
+    ap, _ = build_parser()
+    args = ap.parse_args(["train", "unet", "--out", "r", "--task-weights", "Add=6"])
+    assert args.task_weights["Add"] == 6.0 and args.task_weights["Local"] == 1.0
+
+
+def test_eval_t2i_on_an_edit_tasks_output_captions_pairs_captions_with_their_scenes(monkeypatch):
+    """``eval_t2i(task="Add")`` asks the backbone for the Add edits' output captions (two objects)
+    and scores each sample against the scene that caption describes: rendered truth in place of
+    the samples scores 1.0, a sample set shuffled against its captions does not, and the default
+    (no task) still draws single-object scenes."""
+    from fdd.toy import train as T
+    from fdd.toy.world import render_frame
+
+    seen = {}
+
+    def fake_sample(kit, unet, scenes, cfg, seed, captions=None, shuffle=False):
+        seen["captions"] = captions
+        imgs = np.stack([render_frame(s) for s in scenes])
+        return imgs[::-1].copy() if shuffle else imgs
+
+    cfg = T.TrainConfig(eval_samples=24)
+    monkeypatch.setattr(T, "sample_t2i", fake_sample)
+    res = T.eval_t2i(None, None, cfg, seed=3, task="Add")
+    assert res["all_correct"] == 1.0 and res["n"] == 24
+    assert len(seen["captions"]) == 24 and all(" and a " in c for c in seen["captions"])
+    assert T.eval_t2i(None, None, cfg, seed=3)["all_correct"] == 1.0 and seen["captions"] is None
+    monkeypatch.setattr(T, "sample_t2i", lambda *a, **k: fake_sample(*a, **k, shuffle=True))
+    assert T.eval_t2i(None, None, cfg, seed=3, task="Add")["all_correct"] < 0.5
+    with pytest.raises(ValueError, match="task: expected one of"):
+        T.eval_t2i(None, None, cfg, task="Move")
+
+
 def test_shape_weights_steer_the_video_clips_and_the_default_is_the_recipe():
     """``shape_weights`` draws the training clips' shapes in proportion to the weights (edits of
     the drawn scene may still change the shape), the default draws the recipe's clips bit for

@@ -48,8 +48,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--decoder-x0-tmax", type=int, default=None,
                    help="decoder: timesteps of those estimates are drawn below this (default 400)")
     t.add_argument("--task-weights", default=None, type=_task_weights,
-                   help="controlnet: relative sampling weight per edit task, e.g. Add=3,Local=2 (tasks not "
-                        "named keep weight 1; default: uniform)")
+                   help="controlnet, unet: relative sampling weight per edit task, e.g. Add=3,Local=2 (for the "
+                        "unet, of the edited half of its frames; tasks not named keep weight 1; default: "
+                        "uniform)")
     t.add_argument("--shape-weights", default=None, type=_shape_weights,
                    help="motion, t2v: relative sampling weight per shape of the training clips, e.g. "
                         "square=3 (shapes not named keep weight 1; default: uniform)")

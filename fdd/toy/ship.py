@@ -121,7 +121,10 @@ def measure(paths: dict, n_image: int = 256, n_video: int = 64, cfg_scale: float
     res: dict = {}
     with torch.no_grad():
         if "backbone" in components:
-            res["backbone"] = T.eval_t2i(kit, kit.unet, replace(cfg, cfg_scale=g["backbone"]))
+            bcfg = replace(cfg, cfg_scale=g["backbone"])
+            res["backbone"] = T.eval_t2i(kit, kit.unet, bcfg)
+            # two-object scenes (the Add task's output captions): what an edit adapter can add
+            res["backbone"]["add_captions_all_correct"] = T.eval_t2i(kit, kit.unet, bcfg, task="Add")["all_correct"]
         if "controlnet" in components:
             cn = load_controlnet(paths["controlnet"]).eval()
             res["controlnet"] = T.eval_edit(kit, cn, replace(cfg, cfg_scale=g["controlnet"]))
@@ -285,6 +288,15 @@ def write_cards(folder: str, cards: dict) -> None:
         if card.get("quality"):
             q = {k: v for k, v in card["quality"].items() if not isinstance(v, dict)}
             lines.append("- quality (shipped file): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))
+            if "add_captions_all_correct" in q:
+                lines.append("  (add_captions_all_correct: all_correct on the Add task's output captions, two objects "
+                             "such as 'a red circle and a blue square on a white background', sampled by the backbone "
+                             "alone: the yardstick for the edit adapter's Add row, which draws the same scenes "
+                             "through this backbone)")
+            per_task = card["quality"].get("per_task_fully_right")
+            if per_task:
+                lines.append("- fully right per task (shipped file): "
+                             + ", ".join(f"{k} {_fmt(v)}" for k, v in per_task.items()))
         if card.get("quality_fp32"):
             q = {k: v for k, v in card["quality_fp32"].items() if not isinstance(v, dict)}
             lines.append("- quality (fp32 before the cast): " + ", ".join(f"{k} {_fmt(v)}" for k, v in q.items()))

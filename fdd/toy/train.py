@@ -189,8 +189,9 @@ class TrainConfig:
     #: where the models train and sample ("cpu", "cuda", "cuda:1"...). Random draws stay on the
     #: CPU generators (moved afterwards), so a seed draws the same data and noise on any device.
     device: str = "cpu"
-    #: edit adapter training: relative sampling weight per edit task (``None``: uniform over
-    #: TASKS, the recipe; tasks left out of a given dict get weight 0). Evaluation stays uniform.
+    #: edit adapter training, and the edited share of the backbone's frames: relative sampling
+    #: weight per edit task (``None``: uniform over TASKS, the recipe; tasks left out of a given
+    #: dict get weight 0). Evaluation stays uniform.
     task_weights: dict | None = None
     #: video trainers (motion, t2v): relative sampling weight per shape of the clips' scenes
     #: (``None``: uniform over SHAPES, the recipe; shapes left out get weight 0). Evaluation
@@ -392,15 +393,20 @@ def _to_pixels(imgs) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(imgs))).permute(0, 3, 1, 2).float() * 2 - 1
 
 
-def sample_captioned(rng, n: int, size: int = 32, frames: int = 8, edited: float = 0.5):
+def sample_captioned(rng, n: int, size: int = 32, frames: int = 8, edited: float = 0.5,
+                     task_weights: dict | None = None):
     """``n`` frames with captions: a random scene at a random frame, or (prob. ``edited``) the
-    ground-truth result of a random edit of it, so the backbone learns every output caption."""
+    ground-truth result of a random edit of it, so the backbone learns every output caption.
+    The edit's task is uniform unless ``task_weights`` (see :func:`draw_probabilities`) is given;
+    the uniform draw is the recipe's, so existing seeds draw the same frames."""
+    p = draw_probabilities(task_weights, TASKS, "task_weights")
     imgs, caps = [], []
     for _ in range(n):
         sc = random_scene(rng, size, frames)
         i = int(rng.integers(frames))
         if rng.random() < edited:
-            e = make_edit(sc, TASKS[int(rng.integers(len(TASKS)))], rng, frames)
+            task = TASKS[int(rng.integers(len(TASKS)))] if p is None else TASKS[int(rng.choice(len(TASKS), p=p))]
+            e = make_edit(sc, task, rng, frames)
             imgs.append(render_frame(e.target.at(i), e.inverted))
             caps.append(e.target_caption)
         else:
@@ -872,11 +878,11 @@ def train_vae_decoder(out: str, cfg: TrainConfig) -> dict:
     return res
 
 
-def sample_t2i(kit: Toolkit, unet, scenes, cfg: TrainConfig, seed: int) -> np.ndarray:
-    """Frames ``[N, H, W, 3]`` the text-to-image ``unet`` samples for ``scenes``' captions
-    (DDIM, ``cfg.cfg_scale`` guidance, noise from ``seed``)."""
+def sample_t2i(kit: Toolkit, unet, scenes, cfg: TrainConfig, seed: int, captions=None) -> np.ndarray:
+    """Frames ``[N, H, W, 3]`` the text-to-image ``unet`` samples for ``scenes``' captions (or
+    ``captions`` when given) (DDIM, ``cfg.cfg_scale`` guidance, noise from ``seed``)."""
     n, h = len(scenes), cfg.size // 2
-    c, u = kit.emb([caption(s) for s in scenes]), kit.emb([""] * n)
+    c, u = kit.emb(list(captions) if captions is not None else [caption(s) for s in scenes]), kit.emb([""] * n)
 
     def ecu(x, t):
         e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([c, u])).sample
@@ -885,18 +891,31 @@ def sample_t2i(kit: Toolkit, unet, scenes, cfg: TrainConfig, seed: int) -> np.nd
     return kit.decode(_ddim(ecu, (n, 4, h, h), cfg, seed))
 
 
-def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345) -> dict:
+def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345, task: str | None = None) -> dict:
+    """Attribute scores of what ``unet`` samples for captions of random scenes, or with ``task``
+    for the output captions of that edit task (e.g. ``"Add"``: two-object scenes, which bound
+    what an edit adapter on this backbone can add), each at a random frame."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng, cfg.size).at(int(rng.integers(cfg.frames))) for _ in range(cfg.eval_samples)]
-    imgs = sample_t2i(kit, unet, scenes, cfg, seed)
-    return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
+    if task is None:
+        scenes = [random_scene(rng, cfg.size).at(int(rng.integers(cfg.frames))) for _ in range(cfg.eval_samples)]
+        imgs = sample_t2i(kit, unet, scenes, cfg, seed)
+        return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS} or None, got {task!r}")
+    edits = [make_edit(random_scene(rng, cfg.size, cfg.frames), task, rng, cfg.frames)
+             for _ in range(cfg.eval_samples)]
+    frames = [int(rng.integers(cfg.frames)) for _ in edits]
+    scenes = [e.target.at(i) for e, i in zip(edits, frames)]
+    imgs = sample_t2i(kit, unet, scenes, cfg, seed, captions=[e.target_caption for e in edits])
+    return _attr_scores([read_frame(i) for i in imgs],
+                        [expected_reading(s, e.inverted) for s, e in zip(scenes, edits)])
 
 
 def train_unet(out: str, cfg: TrainConfig) -> dict:
     kit, unet, ab = Toolkit(out, cfg.device), make_unet(cfg.seed + 3), _alphas(cfg.device)
 
     def step(i, rng, gen):
-        x, caps = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames)
+        x, caps = sample_captioned(rng, cfg.batch, cfg.size, cfg.frames, task_weights=cfg.task_weights)
         z = kit.encode_images(x)
         noise, t = training_noise(z, gen, cfg.offset_noise), _timesteps(gen, len(z), z.device)
         emb = kit.emb(_drop(caps, rng, cfg.caption_dropout))
