@@ -405,8 +405,7 @@ def sample_captioned(rng, n: int, size: int = 32, frames: int = 8, edited: float
         sc = random_scene(rng, size, frames)
         i = int(rng.integers(frames))
         if rng.random() < edited:
-            task = TASKS[int(rng.integers(len(TASKS)))] if p is None else TASKS[int(rng.choice(len(TASKS), p=p))]
-            e = make_edit(sc, task, rng, frames)
+            e = make_edit(sc, _draw_task(rng, p), rng, frames)
             imgs.append(render_frame(e.target.at(i), e.inverted))
             caps.append(e.target_caption)
         else:
@@ -430,6 +429,12 @@ def draw_probabilities(weights: dict | None, names: tuple, field: str) -> np.nda
     return w / w.sum()
 
 
+def _draw_task(rng, p: np.ndarray | None) -> str:
+    """One edit task: uniform by ``rng.integers`` (the recipe's draw, so its seeds keep their
+    data) when ``p`` is None, else by :func:`draw_probabilities`' ``p``."""
+    return TASKS[int(rng.integers(len(TASKS)))] if p is None else TASKS[int(rng.choice(len(TASKS), p=p))]
+
+
 def sample_edits(rng, n: int, size: int = 32, frames: int = 8, task_weights: dict | None = None):
     """(input frames, target frames, instructions, output captions, edits, frame indices).
     Tasks are uniform unless ``task_weights`` (see :func:`draw_probabilities`) is given; the
@@ -438,8 +443,7 @@ def sample_edits(rng, n: int, size: int = 32, frames: int = 8, task_weights: dic
     src, tgt, ins, caps, edits, idx = [], [], [], [], [], []
     for _ in range(n):
         scene = random_scene(rng, size, frames)  # drawn before the task, as the recipe always has
-        task = TASKS[int(rng.integers(len(TASKS)))] if p is None else TASKS[int(rng.choice(len(TASKS), p=p))]
-        e = make_edit(scene, task, rng, frames)
+        e = make_edit(scene, _draw_task(rng, p), rng, frames)
         i = int(rng.integers(frames))
         src.append(render_frame(e.source.at(i)))
         tgt.append(render_frame(e.target.at(i), e.inverted))
@@ -898,17 +902,16 @@ def eval_t2i(kit: Toolkit, unet, cfg: TrainConfig, seed: int = 12345, task: str 
     rng = np.random.default_rng(seed)
     if task is None:
         scenes = [random_scene(rng, cfg.size).at(int(rng.integers(cfg.frames))) for _ in range(cfg.eval_samples)]
-        imgs = sample_t2i(kit, unet, scenes, cfg, seed)
-        return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s) for s in scenes])
-    if task not in TASKS:
+        captions, inverted = None, [False] * len(scenes)
+    elif task in TASKS:
+        edits = [make_edit(random_scene(rng, cfg.size, cfg.frames), task, rng, cfg.frames)
+                 for _ in range(cfg.eval_samples)]
+        scenes = [e.target.at(int(rng.integers(cfg.frames))) for e in edits]
+        captions, inverted = [e.target_caption for e in edits], [e.inverted for e in edits]
+    else:
         raise ValueError(f"task: expected one of {TASKS} or None, got {task!r}")
-    edits = [make_edit(random_scene(rng, cfg.size, cfg.frames), task, rng, cfg.frames)
-             for _ in range(cfg.eval_samples)]
-    frames = [int(rng.integers(cfg.frames)) for _ in edits]
-    scenes = [e.target.at(i) for e, i in zip(edits, frames)]
-    imgs = sample_t2i(kit, unet, scenes, cfg, seed, captions=[e.target_caption for e in edits])
-    return _attr_scores([read_frame(i) for i in imgs],
-                        [expected_reading(s, e.inverted) for s, e in zip(scenes, edits)])
+    imgs = sample_t2i(kit, unet, scenes, cfg, seed, captions=captions)
+    return _attr_scores([read_frame(i) for i in imgs], [expected_reading(s, v) for s, v in zip(scenes, inverted)])
 
 
 def train_unet(out: str, cfg: TrainConfig) -> dict:
