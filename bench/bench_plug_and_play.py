@@ -144,17 +144,7 @@ def make_bare(stack, frames, steps, image_cfg, instruction=INSTRUCTION, caption=
 def make_diffusers(stack, frames, steps, caption=CAPTION):
     """diffusers' AnimateDiffControlNetPipeline on the same modules (the motion UNet our stack
     built, the same ControlNet / VAE / text encoder / tokenizer), DDIM with SD 1.x settings."""
-    from diffusers import DDIMScheduler
-    from diffusers.pipelines.animatediff import AnimateDiffControlNetPipeline
-
-    bb = stack.backbone
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                          beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
-                          clip_sample=False, timestep_spacing="leading")
-    pipe = AnimateDiffControlNetPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer,
-                                         unet=stack.motion_unet, motion_adapter=stack.motion_adapter,
-                                         controlnet=stack.controlnet, scheduler=sched)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = common.animatediff_controlnet_pipeline(stack)
     cond = list(frames.permute(0, 3, 1, 2))  # one video: F tensors (3, H, W) in 0..1
 
     def run():

@@ -389,3 +389,22 @@ def claim_verdict(verdicts: list[str]) -> str:
     if verdicts and all(v == "not measurable" for v in verdicts):
         return "not measurable"
     return "no clear change"
+
+
+def animatediff_controlnet_pipeline(stack):
+    """diffusers' ``AnimateDiffControlNetPipeline`` on the modules of a loaded ``VideoEditStack``
+    (its motion UNet, ControlNet, VAE, text encoder, tokenizer) with SD 1.x's DDIM settings
+    (SD 1.5's ``scheduler_config.json``, written out: nothing is fetched): the diffusers baseline
+    of the plug-and-play benches."""
+    from diffusers import DDIMScheduler
+    from diffusers.pipelines.animatediff import AnimateDiffControlNetPipeline
+
+    bb = stack.backbone
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
+                          clip_sample=False, timestep_spacing="leading")
+    pipe = AnimateDiffControlNetPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer,
+                                         unet=stack.motion_unet, motion_adapter=stack.motion_adapter,
+                                         controlnet=stack.controlnet, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
