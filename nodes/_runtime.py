@@ -75,11 +75,28 @@ def save_output_json(text: str, prefix: str) -> str:
     return os.path.join(subfolder, name)
 
 
-def list_files(folder: str) -> list[str]:
+def list_files(folder: str, hide_inside: Callable[[str], bool] | None = None) -> list[str]:
+    """The files of a ComfyUI model folder (relative names). With ``hide_inside``, files that lie
+    inside a sub-folder for which ``hide_inside(path)`` holds (a diffusers model folder, listed
+    once as 'diffusers/NAME' instead) are left out: their inner weight files are not loadable on
+    their own."""
     try:
-        return folder_paths.get_filename_list(folder)
+        names = folder_paths.get_filename_list(folder)
     except KeyError:
         return []
+    if hide_inside is None:
+        return names
+    roots = [r for r in folder_paths.get_folder_paths(folder) if os.path.isdir(r)]
+
+    def inside_model_folder(name: str) -> bool:
+        parts = name.replace("\\", "/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            rel = os.path.join(*parts[:i])
+            if any(os.path.isdir(os.path.join(r, rel)) and hide_inside(os.path.join(r, rel)) for r in roots):
+                return True
+        return False
+
+    return [n for n in names if not inside_model_folder(n)]
 
 
 def list_subfolders(folder: str, marker: Callable[[str], bool]) -> list[str]:

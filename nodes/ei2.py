@@ -142,7 +142,7 @@ class EI2Inflate(io.ComfyNode):
                                tooltip="Where the temporal module sits: after_ff = end of each transformer "
                                        "block (Tune-A-Video's code); after_cross_attention = before the "
                                        "feed-forward."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the new temporal-module weights (same seed, same model)."),
             ],
             outputs=[EI2Model.Output(display_name="ei2_model")],
@@ -190,7 +190,7 @@ class EI2Tune(io.ComfyNode):
                 io.Int.Input("size", default=512, min=0, max=4096, step=8,
                              tooltip="Longer side in pixels the frames are resized to (paper: 512); 0 keeps "
                                      "the input size. Sides are cut to multiples the UNet accepts."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the timesteps and noise drawn each step."),
                 io.Float.Input("gate_lr_scale", default=100.0, min=0.001, max=100000.0, step=0.1,
                                tooltip="Learning-rate multiplier of the temporal modules' zero-initialised "
@@ -357,7 +357,7 @@ class EI2Edit(io.ComfyNode):
                                tooltip="Classifier-free guidance scale (paper: 7.5)."),
                 io.Combo.Input("init", options=["inversion", "noise"], default="inversion",
                                tooltip="Start from the DDIM-inverted input (EI²) or from seeded noise."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise when init is 'noise' (unused with inversion)."),
                 io.Int.Input("size", default=0, min=0, max=4096, step=8,
                              tooltip="Longer side the frames are processed at; 0 = as given (the tune "

@@ -201,7 +201,7 @@ class FDDAlign(io.ComfyNode):
                                  tooltip="Recompute each student step in the backward: far less memory, ~1.3x time."),
                 io.Int.Input("dino_resolution", default=224, min=14, max=1024,
                              tooltip="Image size fed to DINOv2 (rounded to its patch size)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of every random draw; the same seed reproduces the run."),
                 io.Int.Input("checkpoint_every", default=100, min=0, max=100000,
                              tooltip="Write a checkpoint every N iterations (0: only at the end and on Cancel)."),

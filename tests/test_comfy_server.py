@@ -19,9 +19,10 @@ from conftest import COMFY_DIR, ROOT
 pytestmark = pytest.mark.integration
 
 API_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json")))
-UI_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+UI_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "example_workflows", "*.json"))
+                      + glob.glob(os.path.join(ROOT, "workflows", "dev", "*.json")))
 PNP_API = os.path.join(ROOT, "workflows", "api", "fdd_plug_and_play_video_edit.json")
-PNP_UI = os.path.join(ROOT, "workflows", "fdd_plug_and_play_video_edit.json")
+PNP_UI = os.path.join(ROOT, "example_workflows", "fdd_plug_and_play_video_edit.json")
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,26 @@ def test_loader_options_list_the_tiny_models(comfy_pack):
     assert "mm_sd_v15_v2.ckpt" in str(mm)
 
 
+def test_loader_lists_hide_the_inner_files_of_diffusers_folders(comfy_pack, tmp_path):
+    """A diffusers-folder ControlNet is listed once as 'diffusers/NAME', never as its inner
+    diffusion_pytorch_model.safetensors (which the loader would refuse as a single file)."""
+    import folder_paths
+
+    root = tmp_path / "cn_root"
+    (root / "my_cn").mkdir(parents=True)
+    (root / "my_cn" / "config.json").write_text('{"_class_name": "ControlNetModel"}')
+    (root / "my_cn" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    (root / "single_cn.safetensors").write_bytes(b"x")
+    folder_paths.add_model_folder_path("controlnet", str(root))
+    try:
+        spec = comfy_pack["FDD_LoadEditAdapter"].GET_NODE_INFO_V1()["input"]["required"]["controlnet_name"]
+        options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+        assert "diffusers/my_cn" in options and "single_cn.safetensors" in options
+        assert not [o for o in options if "diffusion_pytorch_model" in o], options
+    finally:
+        folder_paths.folder_names_and_paths["controlnet"][0].remove(str(root))
+
+
 @pytest.fixture(scope="module")
 def loaded(comfy_pack):
     bb = _run(comfy_pack["FDD_LoadBackbone"], ckpt_name="v1-5-pruned-emaonly.safetensors")[0]
