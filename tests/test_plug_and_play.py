@@ -138,3 +138,68 @@ def test_progress_and_denoise(stack):
     assert seen == [(1, 3), (2, 3), (3, 3)]
     with pytest.raises(ValueError, match="denoise"):
         plug_and_play_edit(stack, frames, "a", "b", PlugAndPlayConfig(denoise=0.0))
+
+
+def _oom_above(limit):
+    def check(n):
+        if n > limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: batch {n} > {limit})")
+    return check
+
+
+def test_branch_split_gives_the_same_edit_and_auto_falls_back_on_oom(stack, monkeypatch):
+    """Guidance branches one at a time ("sequential") give the batched result; "auto" meets an
+    out-of-memory error on the batched call, switches to one branch at a time and gives the same
+    frames; "batched" lets the error through."""
+    frames = moving_shapes_clip(4, 32, 32)
+    run = lambda split: plug_and_play_edit(stack, frames, "make it green", "a green ball",  # noqa: E731
+                                           PlugAndPlayConfig(steps=2, seed=3, branch_split=split))
+    batched = run("batched")
+    sequential = run("sequential")
+    torch.testing.assert_close(sequential, batched, atol=2e-5, rtol=0)
+    real = stack.predict_noise
+    calls = []
+
+    def tight(x, *a, **k):
+        calls.append(x.shape[0])
+        _oom_above(1)(x.shape[0])
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(stack, "predict_noise", tight)
+    auto = run("auto")
+    torch.testing.assert_close(auto, sequential, atol=0, rtol=0)
+    assert calls[0] == 3 and set(calls[1:]) == {1}, calls  # one failed batched call, then split
+    with pytest.raises(torch.OutOfMemoryError):
+        run("batched")
+    with pytest.raises(ValueError, match="branch_split"):
+        PlugAndPlayConfig(branch_split="sideways").validate()
+
+
+def test_vae_decode_halves_its_batch_on_oom_with_the_same_pixels(stack, monkeypatch):
+    from fdd.pipelines.common import vae_decode, vae_encode
+
+    vae = stack.backbone.vae
+    lat = torch.randn(7, 4, 4, 4)
+    want = vae_decode(vae, lat, 0.18215, batch=8)
+    real = vae.decode
+    seen = []
+
+    def tight(z, *a, **k):
+        seen.append(z.shape[0])
+        _oom_above(2)(z.shape[0])
+        return real(z, *a, **k)
+
+    monkeypatch.setattr(vae, "decode", tight)
+    got = vae_decode(vae, lat, 0.18215, batch=8)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert seen[:3] == [7, 4, 2] and max(seen[2:]) <= 2, seen
+    monkeypatch.setattr(vae, "decode", lambda z, *a, **k: _oom_above(0)(z.shape[0]))
+    with pytest.raises(RuntimeError, match="VAE decode: out of memory even one frame at a time"):
+        vae_decode(vae, lat, 0.18215)
+    real_enc = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda p, *a, **k: (_oom_above(3)(p.shape[0]), real_enc(p))[1])
+    pix = torch.rand(5, 3, 32, 32) * 2 - 1
+    monkeypatch.undo()
+    want_enc = vae_encode(vae, pix, 0.18215)
+    monkeypatch.setattr(vae, "encode", lambda p, *a, **k: (_oom_above(3)(p.shape[0]), real_enc(p))[1])
+    torch.testing.assert_close(vae_encode(vae, pix, 0.18215), want_enc, atol=1e-5, rtol=0)

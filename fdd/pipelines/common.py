@@ -53,20 +53,58 @@ def resize_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an accelerator out-of-memory error (CUDA, or another backend's)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def release_cached_memory() -> None:
+    """Give the allocator's cached blocks back after an out-of-memory error, before retrying."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_in_chunks(fn, n: int, batch: int, what: str) -> list:
+    """``[fn(i, j) for consecutive (i, j) chunks of range(n)]`` of at most ``batch`` items; on an
+    out-of-memory error the chunk size is halved and the failed chunk retried (down to one item,
+    after which the error is raised with ``what`` named). Results do not depend on the chunking
+    for per-item work such as VAE encode / decode."""
+    outs, i, size = [], 0, max(1, int(batch))
+    while i < n:
+        j = min(n, i + size)
+        try:
+            outs.append(fn(i, j))
+        except Exception as exc:  # noqa: BLE001 (only OOM is retried)
+            if not is_out_of_memory(exc):
+                raise
+            release_cached_memory()
+            if size == 1:
+                raise RuntimeError(f"{what}: out of memory even one frame at a time ({exc})") from exc
+            size = max(1, size // 2)
+            continue
+        i = j
+    return outs
+
+
 @torch.no_grad()
 def vae_encode(vae, pixels: torch.Tensor, scaling_factor: float, batch: int = 8) -> torch.Tensor:
     """Pixels ``[N, 3, H, W]`` (-1..1) -> latents ``[N, C, h, w]``: the posterior mean times the
-    scaling factor (deterministic, as editing methods use for the source video)."""
+    scaling factor (deterministic, as editing methods use for the source video). Frames go
+    ``batch`` at a time, fewer when memory runs out (:func:`run_in_chunks`)."""
     dtype = next(vae.parameters()).dtype
-    outs = [vae.encode(pixels[i:i + batch].to(dtype)).latent_dist.mean for i in range(0, len(pixels), batch)]
+    outs = run_in_chunks(lambda i, j: vae.encode(pixels[i:j].to(dtype)).latent_dist.mean,
+                         len(pixels), batch, "VAE encode")
     return torch.cat(outs) * scaling_factor
 
 
 @torch.no_grad()
 def vae_decode(vae, latents: torch.Tensor, scaling_factor: float, batch: int = 8) -> torch.Tensor:
+    """Latents ``[N, C, h, w]`` -> pixels ``[N, 3, H, W]`` (-1..1), ``batch`` frames at a time,
+    fewer when memory runs out (:func:`run_in_chunks`)."""
     dtype = next(vae.parameters()).dtype
-    outs = [vae.decode((latents[i:i + batch] / scaling_factor).to(dtype)).sample
-            for i in range(0, len(latents), batch)]
+    outs = run_in_chunks(lambda i, j: vae.decode((latents[i:j] / scaling_factor).to(dtype)).sample,
+                         len(latents), batch, "VAE decode")
     return torch.cat(outs)
 
 

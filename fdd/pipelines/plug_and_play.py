@@ -19,9 +19,12 @@ import torch
 from ..sampling import (DDIMSchedule, add_noise, ddim_sample, instruct_pix2pix_guidance,
                         classifier_free_guidance, windowed_predict)
 from ..sampling.control import CancelCheck, ProgressCallback
-from .common import (encode_prompts, pixels_to_frames, prepare_frames, resize_pixels,
-                     vae_decode, vae_encode)
+from .common import (encode_prompts, is_out_of_memory, pixels_to_frames, prepare_frames,
+                     release_cached_memory, resize_pixels, vae_decode, vae_encode)
 from .stack import VideoEditStack
+
+
+BRANCH_SPLITS = ("auto", "batched", "sequential")
 
 
 @dataclass
@@ -38,6 +41,10 @@ class PlugAndPlayConfig:
     context_overlap: int = 4
     denoise: float = 1.0
     negative_prompt: str = ""
+    #: how the guidance branches run: "batched" (one UNet call per window, fastest), "sequential"
+    #: (one call per branch: about 1/n of the activation memory, same result), or "auto"
+    #: (batched; on an out-of-memory error, sequential from then on)
+    branch_split: str = "auto"
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -46,6 +53,8 @@ class PlugAndPlayConfig:
             raise ValueError(f"denoise: expected 0 < denoise <= 1, got {self.denoise}")
         if self.text_cfg < 0 or self.image_cfg < 0:
             raise ValueError("cfg / image_cfg: expected non-negative guidance scales")
+        if self.branch_split not in BRANCH_SPLITS:
+            raise ValueError(f"branch_split: expected one of {BRANCH_SPLITS}, got {self.branch_split!r}")
         if self.context_frames < 1 or not 0 <= self.context_overlap < self.context_frames:
             raise ValueError(f"context_overlap: expected 0 <= overlap < context_frames "
                              f"({self.context_frames}), got {self.context_overlap}")
@@ -62,8 +71,10 @@ def _branch_plan(has_control: bool, text_cfg: float, image_cfg: float) -> list[s
 
 def make_edit_eps_fn(stack: VideoEditStack, control_pixels: Optional[torch.Tensor], caption_emb,
                      instruction_emb, empty_emb, cfg: PlugAndPlayConfig):
-    """Build ``eps_fn(latents (1, C, F, h, w), t)`` applying guidance and frame windows; all
-    needed branches run through the UNet (and ControlNet) in one batched call per window."""
+    """Build ``eps_fn(latents (1, C, F, h, w), t)`` applying guidance and frame windows. The
+    needed branches run through the UNet (and ControlNet) in one batched call per window, or one
+    call per branch (``cfg.branch_split``; "auto" switches to that on the first out-of-memory
+    error and stays there for the run): the predictions are the same either way."""
     has_control = stack.controlnet is not None and control_pixels is not None
     plan = _branch_plan(has_control, cfg.text_cfg, cfg.image_cfg)
     text = {"full": caption_emb, "image": empty_emb, "uncond": empty_emb}
@@ -72,12 +83,27 @@ def make_edit_eps_fn(stack: VideoEditStack, control_pixels: Optional[torch.Tenso
     text_b = torch.cat([text[b] for b in plan])
     ctrl_b = torch.cat([ctrl_text[b] for b in plan])
     on_b = [ctrl_on[b] and has_control for b in plan]
+    state = {"split": cfg.branch_split == "sequential" and len(plan) > 1}
+
+    def predict(x_win, t, img, lo, hi):
+        n = hi - lo
+        xb = x_win.expand(n, *x_win.shape[1:])
+        return stack.predict_noise(xb, t, text_b[lo:hi], ctrl_b[lo:hi], img, on_b[lo:hi], cfg.control_strength)
 
     def window_eps(x_win: torch.Tensor, s: int, e: int, t: int) -> torch.Tensor:
         n = len(plan)
-        xb = x_win.expand(n, *x_win.shape[1:])
         img = control_pixels[s:e] if has_control else None
-        eps = stack.predict_noise(xb, t, text_b, ctrl_b, img, on_b, cfg.control_strength)
+        eps = None
+        if not state["split"]:
+            try:
+                eps = predict(x_win, t, img, 0, n)
+            except Exception as exc:  # noqa: BLE001 (only OOM is handled)
+                if cfg.branch_split != "auto" or n == 1 or not is_out_of_memory(exc):
+                    raise
+                release_cached_memory()
+                state["split"] = True
+        if eps is None:
+            eps = torch.cat([predict(x_win, t, img, i, i + 1) for i in range(n)])
         parts = dict(zip(plan, eps.split(1)))
         if plan == ["full"]:
             return parts["full"]
@@ -93,6 +119,7 @@ def make_edit_eps_fn(stack: VideoEditStack, control_pixels: Optional[torch.Tenso
                                 cfg.context_frames, cfg.context_overlap, frame_dim=2)
 
     eps_fn.plan = plan  # exposed for benches and tests
+    eps_fn.state = state  # state["split"]: whether the branches now run one at a time
     return eps_fn
 
 
