@@ -237,10 +237,10 @@ def edit_clip(models, z_src: torch.Tensor, size: tuple[int, int], source: str, t
 @torch.no_grad()
 def to_frames(models, z: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Latent ``(1, C, F, h, w)`` -> frames ``[F, H, W, 3]`` in 0..1 at ``size`` (as assd_edit)."""
-    from fdd.assd import decode_video
+    from fdd.assd import decode_latent
     from fdd.pipelines.common import pixels_to_frames, resize_pixels
 
-    return pixels_to_frames(resize_pixels(decode_video(models, z), tuple(size))).numpy()
+    return pixels_to_frames(resize_pixels(decode_latent(models, z), tuple(size))).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def main(argv=None) -> str:
 
 
 def run(args, argv=None) -> str:
-    from fdd.assd import ABLATIONS, ASSDConfig, AttentionFusion, encode_video
+    from fdd.assd import ABLATIONS, ASSDConfig, AttentionFusion, encode_source
     from fdd.toy.heldout import HELDOUT_SEED, heldout_edits, save_strip_grid, score_set
 
     t_start = time.perf_counter()
@@ -388,7 +388,7 @@ def run(args, argv=None) -> str:
         frames = torch.from_numpy(np.ascontiguousarray(inp, np.float32))
         t0 = time.perf_counter()
         with torch.no_grad():
-            z_src, _ = encode_video(models, frames)
+            z_src, _ = encode_source(models, frames)
         encode_s.append(time.perf_counter() - t0)
         size = tuple(inp.shape[1:3])
         roundtrip.append(to_frames(models, z_src, size))

@@ -109,12 +109,12 @@ def main(argv=None) -> str:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
-    from fdd.assd import encode_video
+    from fdd.assd import encode_source
 
     common.setup_threads()
     models, frames = load(args.device, args.frames)
     with torch.inference_mode():
-        z_src, _ = encode_video(models, frames)
+        z_src, _ = encode_source(models, frames)
     opts = make_optimizers(models, z_src)
     calls = {name: count_calls(models, opt) for name, opt in opts.items()}
     print("UNet calls per step:", calls, flush=True)

@@ -11,6 +11,7 @@ from comfy_api.v0_0_2 import io
 from ..fdd.assd import ASSDConfig, ImagePrior, assd_edit, load_t2v_folder_parts, motion_models, preview_strip, t2v_models
 from ..fdd.assd.gradients import MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES
 from ..fdd.assd.models import backbone_lora_patchers
+from ..fdd.video import check_clip
 from . import _runtime as rt
 from .plug_and_play import get_stack
 from .types import AdapterHandle, Backbone, BackboneHandle, T2VUNet, VideoAdapter
@@ -181,9 +182,7 @@ class ASSDOptimize(io.ComfyNode):
                             keyframe_stride=keyframe_stride, image_weight=image_weight,
                             attention_fusion=attention_fusion, fusion_lambda=fusion_lambda,
                             fusion_layers=fusion_layers)
-        if frames is None or frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
-            raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3], got "
-                             f"{None if frames is None else tuple(frames.shape)}")
+        check_clip(frames)
         config.validate(int(frames.shape[0]))
         if joint_guidance and backbone is None:
             raise ValueError("joint_guidance: needs 'backbone' (an SD 1.x model) as the image model; connect one "

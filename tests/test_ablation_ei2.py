@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import ablation_ei2
 
+pytestmark = pytest.mark.slow
+
 FRACTIONS = ("edit_accuracy", "attribute_accuracy", "preservation", "attributes_constant", "fully_right")
 EXPECTED = {  # the switches each variant must carry (DESIGN: the paper's Fig. 4 / Fig. 5 settings)
     "tav": {"attention": "sparse_causal", "temporal_norm": "layer_norm", "spectral_norm": False},

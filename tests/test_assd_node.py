@@ -21,6 +21,7 @@ def loaded(comfy_pack):
     return bb, t2v, mm
 
 
+@pytest.mark.slow
 def test_assd_node_progress_previews_and_outputs(comfy_pack, loaded):
     import comfy.utils
 

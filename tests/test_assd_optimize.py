@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fdd.assd import (ABLATIONS, ASSDConfig, ASSDOptimizer, ImagePrior, LatentSpaceMismatch, assd_edit,
-                      decode_video, encode_video, load_t2v_folder_parts, motion_models, t2v_models)
+                      decode_latent, encode_source, load_t2v_folder_parts, motion_models, t2v_models)
 from fdd.models.errors import ModelLoadError
 from fdd.models.sd1 import SD1Backbone
 from fdd.sampling import Cancelled, add_noise, classifier_free_guidance
@@ -50,7 +50,7 @@ def _cfg(**kw):
 
 def _source(models, frames):
     with torch.no_grad():
-        return encode_video(models, frames)[0]
+        return encode_source(models, frames)[0]
 
 
 @pytest.mark.parametrize("stage", ["dds", "assd", "assd_joint"])
@@ -64,7 +64,7 @@ def test_same_prompt_without_fusion_leaves_the_video_unchanged(models, frames, s
     z0 = _source(models, frames)
     with torch.no_grad():
         out, z = assd_edit(models, frames, "a red ball", "a red ball", cfg, return_latent=True)
-        decoded = decode_video(models, z0)
+        decoded = decode_latent(models, z0)
     assert torch.equal(z, z0)
     from fdd.pipelines.common import pixels_to_frames
 

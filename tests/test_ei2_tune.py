@@ -72,6 +72,7 @@ def test_only_the_listed_parameters_receive_gradients(unet2d, video):
             assert not p.requires_grad and p.grad is None, name
 
 
+@pytest.mark.slow
 def test_tuning_lowers_the_loss_and_keeps_spectral_norms_at_most_one(unet2d, video):
     lat, emb = video
     model = inflate_unet(unet2d, InflationConfig())
@@ -117,6 +118,7 @@ def test_save_load_gives_identical_outputs(unet2d, video, tmp_path):
         load_tuned_state(other, tw.tensors, path)
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_continues_the_same_loss_sequence(unet2d, video, tmp_path):
     lat, emb = video
     cfg = TuneConfig(steps=8, learning_rate=1e-3, seed=3, checkpoint_every=3)

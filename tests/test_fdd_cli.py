@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def fdd_tree(models_tree):

@@ -197,6 +197,7 @@ def _snapshot(modules):
     return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
 
 
+@pytest.mark.slow
 def test_only_lora_and_heads_train_everything_else_bit_identical(models_tree, fdd_tree, loaded, tmp_path):
     tr = _trainer(models_tree, fdd_tree, loaded, tmp_path, iterations_sds=1, iterations_adv=1)
     m = tr.models
@@ -231,6 +232,7 @@ def test_only_lora_and_heads_train_everything_else_bit_identical(models_tree, fd
     assert "g_edit" not in tr.history[0] and "g_edit" in tr.history[1]
 
 
+@pytest.mark.slow
 def test_gradients_flow_through_all_k_steps_and_checkpointing_is_exact(models_tree, fdd_tree, loaded, tmp_path):
     """The loss reaches θ_align through every one of the k student steps (the gradient
     changes when any single step's LoRA contribution is cut), and per-step gradient
@@ -272,6 +274,7 @@ def test_gradients_flow_through_all_k_steps_and_checkpointing_is_exact(models_tr
     tr.models.student_eps = orig_eps
 
 
+@pytest.mark.slow
 def test_sds_training_lowers_the_sds_loss(models_tree, fdd_tree, loaded, tmp_path):
     """A few optimiser steps on the SDS objective (the graph through all k student steps into
     θ_align) lower the SDS loss at its stop-gradient point: the teacher residuals sg(ε̂ − ε) of
@@ -310,6 +313,7 @@ def test_sds_training_lowers_the_sds_loss(models_tree, fdd_tree, loaded, tmp_pat
     assert all(b < a for a, b in zip(values, values[1:])), values
 
 
+@pytest.mark.slow
 def test_discriminators_separate_teacher_from_student_samples(models_tree, fdd_tree, loaded, tmp_path):
     tr = _trainer(models_tree, fdd_tree, loaded, tmp_path, augment=False, d_lr=3e-3)
     items = tr.batch_items(0)
@@ -337,6 +341,7 @@ def _losses(history):
     return [(h["step"], h["phase"], h["loss_g"], h["sds_edit"], h.get("loss_d")) for h in history]
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_loss_sequence(models_tree, fdd_tree, loaded, tmp_path):
     from fdd.distill.trainer import make_trainer
 
@@ -368,6 +373,7 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(models_tree, fdd_tree
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_export_loads_back_into_the_stack_with_the_same_predictions(models_tree, fdd_tree, loaded, tmp_path):
     """The kohya export read back with read_lora and patched into the plug-and-play stack
     (what 'FDD Apply LoRA to Backbone' does) predicts what the peft student predicts."""
@@ -418,6 +424,7 @@ def test_edit_plus_lora_combination_trains_and_exports(models_tree, fdd_tree, lo
     assert lw.unet
 
 
+@pytest.mark.slow
 def test_ablation_switches(models_tree, fdd_tree, loaded, tmp_path):
     with pytest.raises(ValueError, match="iterations_sds: with use_sds off"):
         _trainer(models_tree, fdd_tree, loaded, tmp_path / "x", use_sds=False)

@@ -105,6 +105,7 @@ TINY = dict(global_batch=2, micro_batch=1, learning_rate=1e-3, lora_rank=4, k_st
             dino_resolution=32, checkpoint_every=0)
 
 
+@pytest.mark.slow
 def test_align_node_progress_curve_lora_and_eve(fdd_pack, handles):
     import comfy.utils
 
@@ -131,6 +132,7 @@ def test_align_node_progress_curve_lora_and_eve(fdd_pack, handles):
     assert out.shape == frames.shape and out.std() > 1e-3
 
 
+@pytest.mark.slow
 def test_align_node_interrupt_writes_checkpoint_and_resume_continues(fdd_pack, handles):
     import comfy.model_management as cmm
     import comfy.utils
@@ -176,6 +178,7 @@ def test_align_node_refuses_inconsistent_inputs(fdd_pack, handles):
              iterations=1, sds_iterations=2, **TINY)
 
 
+@pytest.mark.slow
 def test_align_node_edit_plus_lora_combination(fdd_pack, handles, tmp_path):
     """§4.4 through the nodes: no video adapter, a style LoRA stacked on the backbone is the
     second teacher; the output backbone carries the style LoRA and the aligned one."""

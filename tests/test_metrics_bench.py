@@ -29,6 +29,7 @@ def _frame_folder(path, frames):
     return path
 
 
+@pytest.mark.integration
 def test_cli_runs_a_two_item_manifest_end_to_end(models_tree, metric_paths, tmp_path, capsys):
     from fdd.metrics.cli import main
 
@@ -175,6 +176,7 @@ def test_comparison_grid_layout():
     assert g[0, 18:, -32:].min() == 1.0
 
 
+@pytest.mark.slow
 def test_eve_and_assd_methods_run_on_the_tiny_models(models_tree, tmp_path):
     from fdd.metrics.benchmark import BenchItem, run_benchmark
     from fdd.metrics.evaluate import MetricModels

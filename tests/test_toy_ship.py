@@ -15,6 +15,7 @@ import torch
 from fdd.toy.ship import FLOORS, LAYOUT, SHIPPED_DIR, floors_met, measure, ship, toy_paths
 
 
+@pytest.mark.slow
 def test_ship_writes_the_category_tree_with_cards_in_fp16(toy_untrained, tmp_path):
     from safetensors import safe_open
 
@@ -116,6 +117,7 @@ def test_card_command_names_the_continuation_and_splits_its_minutes(tmp_path):
 CARDS = os.path.join(SHIPPED_DIR, "cards.json")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(CARDS), reason="no shipped toy models in this checkout")
 def test_shipped_models_load_and_score_what_their_cards_say():
     with open(CARDS) as fh:
@@ -132,6 +134,7 @@ def test_shipped_models_load_and_score_what_their_cards_say():
         assert got[comp][key] >= want - slack, (comp, key, got[comp][key], want)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(CARDS), reason="no shipped toy models in this checkout")
 def test_cli_fill_reports_box_fill_per_shape_for_each_source(capsys):
     from fdd.toy.__main__ import main
@@ -144,6 +147,7 @@ def test_cli_fill_reports_box_fill_per_shape_for_each_source(capsys):
     assert sum(v["n"] for v in rep["motion"].values()) == 8  # one clip: 8 frames, one shape
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(CARDS), reason="no shipped toy models in this checkout")
 def test_unpack_rebuilds_a_run_that_continues_and_reships_with_the_same_records(tmp_path):
     """``unpack`` turns the shipped tree into a run folder: its components compute what the shipped

@@ -67,6 +67,7 @@ def test_whitening_is_baked_and_decorrelates(tmp_path):
     assert type(te).__name__ == "CLIPTextModel"
 
 
+@pytest.mark.slow
 def test_every_trainer_runs_logs_and_changes_weights(trained):
     out, res = trained
     for name in ("vae", "unet", "controlnet", "motion", "t2v"):
@@ -90,6 +91,7 @@ def test_every_trainer_runs_logs_and_changes_weights(trained):
     assert any(not torch.equal(fin[k], v) for k, v in ad.state_dict().items() if "proj_out" not in k)
 
 
+@pytest.mark.slow
 def test_vae_loss_goes_down(tmp_path):
     from fdd.toy.train import train_vae
 
@@ -100,6 +102,7 @@ def test_vae_loss_goes_down(tmp_path):
     assert res["latent_gain"] > 0
 
 
+@pytest.mark.slow
 def test_resume_continues(trained, tmp_path):
     import shutil
 
@@ -173,6 +176,7 @@ def test_cli_train_text(tmp_path):
     assert main(["dataset", "--out", str(tmp_path / "ds"), "--items", "2"]) == 0
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     """Two steps straight == one step, stop, resume for the second (same batches, same noise)."""
     from fdd.toy.train import train_vae
@@ -187,6 +191,7 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.integration
 def test_cli_train_all_parallel_runs_the_waves(tmp_path):
     """``train all --parallel`` trains every component (one subprocess per component of a wave),
     leaves each one's log, final weights and the real-format exports."""
@@ -210,6 +215,7 @@ def test_cli_parallel_needs_all(tmp_path):
         main(["train", "vae", "--parallel", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_decoder_finetune_keeps_the_latent_space_and_is_used(tmp_path):
     """The decoder component trains only the decoder side: encoder and quant_conv are bit-equal
     to the VAE's, the decoder moved, the Toolkit decodes with it, and the backbone export carries it."""
@@ -354,6 +360,7 @@ def test_shape_weights_steer_the_video_clips_and_the_default_is_the_recipe():
         ap.parse_args(["train", "motion", "--out", "r", "--shape-weights", "hexagon=2"])
 
 
+@pytest.mark.slow
 def test_resume_with_a_spent_minutes_budget_says_so(tmp_path, capsys):
     """--minutes caps the total training time, resumed time included: a resume whose budget is
     already spent trains nothing and says why on stderr instead of ending silently."""
@@ -409,6 +416,7 @@ def test_x0_estimate_inverts_the_forward_noising():
     assert torch.allclose(zero, (a.sqrt() * z + (1 - a).sqrt() * noise) / a.sqrt(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_decoder_x0_share_trains_on_backbone_estimates_and_refuses_bad_settings(tmp_path, monkeypatch):
     """``decoder_x0`` decodes that share of each batch from the backbone's x0 estimates (the UNet
     is called with those frames' captions, timesteps below ``decoder_x0_tmax``); the encoder stays

@@ -37,6 +37,7 @@ def test_generator_is_seeded_and_paths_stay_inside():
         assert o.r < o.cx < 32 - o.r and o.r < o.cy < 32 - o.r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [32, 64])
 def test_evaluator_reads_rendered_truth(size):
     """>= 99 % of rendered frames read back exactly (every task's target, all attributes),
@@ -89,6 +90,7 @@ def _blurred_read_rate(sigma: float, **kw) -> float:
     return ok / total
 
 
+@pytest.mark.slow
 def test_reader_is_robust_to_blur_and_the_first_reader_is_not():
     """Decoded frames are blurred; a reader must not turn blended edges into grey stripes or
     blunted triangle tips into circles. The first reader (blur_robust=False) fails here."""

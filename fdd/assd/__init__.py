@@ -27,7 +27,7 @@ from .gradients import (adaptive_mask, assd_gradient, dds_update_scale, image_dd
                         keyframe_indices, sgd_step, sliding_window_smooth, video_dds_gradient)
 from .models import (ASSDModels, ImagePrior, LatentSpaceMismatch, MotionPrior, T2VFolderParts, UNet3DPrior,
                      VideoPrior, check_latent_spaces_agree, load_t2v_folder_parts, motion_models, t2v_models)
-from .optimize import (ABLATIONS, ASSDConfig, ASSDOptimizer, assd_edit, decode_video, encode_video,
+from .optimize import (ABLATIONS, ASSDConfig, ASSDOptimizer, assd_edit, decode_latent, encode_source,
                        preview_strip, working_size)
 
 __all__ = [
@@ -37,5 +37,5 @@ __all__ = [
     "sliding_window_smooth", "video_dds_gradient", "ASSDModels", "ImagePrior", "LatentSpaceMismatch",
     "MotionPrior", "T2VFolderParts", "UNet3DPrior", "VideoPrior", "check_latent_spaces_agree",
     "load_t2v_folder_parts", "motion_models", "t2v_models", "ABLATIONS", "ASSDConfig", "ASSDOptimizer",
-    "assd_edit", "decode_video", "encode_video", "preview_strip", "working_size",
+    "assd_edit", "decode_latent", "encode_source", "preview_strip", "working_size",
 ]

@@ -33,7 +33,8 @@ from typing import Optional
 
 import torch
 
-from ..pipelines.common import fit_size, frames_to_pixels, pixels_to_frames, resize_pixels, vae_decode, vae_encode
+from ..video import (as_video, check_clip, decode_video, encode_video, fit_size, frames_to_pixels, pixels_to_frames,
+                     resize_pixels, video_frames)
 from ..sampling import add_noise, classifier_free_guidance
 from ..sampling.control import CancelCheck, ProgressCallback, report
 from .attention import AttentionFusion
@@ -265,11 +266,10 @@ class ASSDOptimizer:
             e = eps.index_select(2, kf)
             zr = add_noise(self.z_src.index_select(2, kf), e, ab)
             ze = add_noise(self.z.index_select(2, kf), e, ab)
-        flat = lambda x: x[0].permute(1, 0, 2, 3)  # (1, C, K, h, w) -> (K, C, h, w)  # noqa: E731
         K = len(self.keyframes)
         w = self.cfg.image_guidance_scale
         branches = self.branches
-        lat = {"ref": flat(zr), "edit": flat(ze)}
+        lat = {"ref": video_frames(zr), "edit": video_frames(ze)}  # (K, C, h, w) each
 
         def text(b):
             side, cond = b.split("_")
@@ -284,7 +284,7 @@ class ASSDOptimizer:
         else:
             e_ref, e_edit = raw["ref_cond"], raw["edit_cond"]
         g = image_dds_gradient(e_edit, e_ref)  # (K, C, h, w)
-        return g.permute(1, 0, 2, 3).unsqueeze(0)
+        return as_video(g)
 
     @torch.no_grad()
     def gradient(self, t: int, eps: torch.Tensor) -> torch.Tensor:
@@ -336,29 +336,19 @@ def working_size(models: ASSDModels, height: int, width: int) -> tuple[int, int]
 
 
 @torch.no_grad()
-def encode_video(models: ASSDModels, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def encode_source(models: ASSDModels, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """ComfyUI IMAGE ``[F, H, W, 3]`` -> source latent ``(1, C, F, h, w)`` (VAE posterior mean x
     scaling factor) at :func:`working_size`; also returns that pixel size."""
-    if frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
-        raise ValueError(f"frames: expected an IMAGE batch [frames, height, width, 3] with at least one "
-                         f"frame, got shape {tuple(frames.shape)}")
-    H, W = frames.shape[1], frames.shape[2]
-    h, w = working_size(models, H, W)
-    vae = models.vae
-    dev = next(vae.parameters()).device
-    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w)).to(dev)
-    lat = vae_encode(vae, pixels, models.scaling_factor).float()  # (F, C, h', w')
-    return lat.permute(1, 0, 2, 3).unsqueeze(0), (h, w)
+    check_clip(frames)
+    h, w = working_size(models, frames.shape[1], frames.shape[2])
+    pixels = resize_pixels(frames_to_pixels(frames.float()), (h, w))
+    return encode_video(models.vae, pixels, models.scaling_factor), (h, w)
 
 
 @torch.no_grad()
-def decode_video(models: ASSDModels, latent: torch.Tensor, frame_indices=None) -> torch.Tensor:
+def decode_latent(models: ASSDModels, latent: torch.Tensor, frame_indices=None) -> torch.Tensor:
     """Latent ``(1, C, F, h, w)`` -> pixels ``[F, 3, H, W]`` in -1..1 (optionally some frames)."""
-    lat = latent[0].permute(1, 0, 2, 3)
-    if frame_indices is not None:
-        lat = lat[list(frame_indices)]
-    dtype = next(models.vae.parameters()).dtype
-    return vae_decode(models.vae, lat.to(dtype), models.scaling_factor).float()
+    return decode_video(models.vae, latent, models.scaling_factor, frame_indices)
 
 
 @torch.no_grad()
@@ -368,7 +358,7 @@ def preview_strip(models: ASSDModels, latent: torch.Tensor, max_frames: int = 4)
     n = latent.shape[2]
     k = max(1, min(max_frames, n))
     idx = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
-    px = decode_video(models, latent, idx)  # [k, 3, H, W]
+    px = decode_latent(models, latent, idx)  # [k, 3, H, W]
     strip = torch.cat(list(px), dim=-1).unsqueeze(0)  # [1, 3, H, k W]
     return pixels_to_frames(strip)
 
@@ -387,9 +377,9 @@ def assd_edit(models: ASSDModels, frames: torch.Tensor, source_prompt: str, targ
     cfg = config or ASSDConfig()
     F_, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
     cfg.validate(F_)
-    z_src, _ = encode_video(models, frames)
+    z_src, _ = encode_source(models, frames)
     opt = ASSDOptimizer(models, z_src, source_prompt, target_prompt, cfg)
     z = opt.run(callback=callback, should_cancel=should_cancel)
-    out = decode_video(models, z)
+    out = decode_latent(models, z)
     out = pixels_to_frames(resize_pixels(out, (H, W)))
     return (out, z) if return_latent else out

@@ -32,19 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..pipelines.common import (
-    encode_prompts,
-    frames_to_pixels,
-    prepare_frames,
-    pixels_to_frames,
-    resize_pixels,
-    vae_decode,
-    vae_encode,
-)
+from ..pipelines.common import encode_prompts
 from ..pipelines.plug_and_play import PlugAndPlayConfig, make_edit_eps_fn, plug_and_play_edit, start_latents
 from ..pipelines.stack import VideoEditStack
 from ..sampling import DDIMSchedule, ddim_sample
 from ..sampling.control import CancelCheck, ProgressCallback
+from ..video import decode_video, frames_to_pixels, pixels_to_frames, prepare_frames, resize_pixels, vae_encode
 
 
 @dataclass
@@ -124,7 +117,6 @@ def eve_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, capt
         latents, start = start_latents(bb, pixels, (h, w), cfg.steps, cfg.denoise, cfg.seed, schedule)
         latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start, callback=callback,
                               should_cancel=should_cancel)
-        flat = latents[0].permute(1, 0, 2, 3)
-        out = vae_decode(bb.vae, flat.to(dtype), bb.scaling_factor)
+        out = decode_video(bb.vae, latents.to(dtype), bb.scaling_factor)
     out = pixels_to_frames(resize_pixels(out.float(), (H, W)))
     return (out, latents) if return_latents else out

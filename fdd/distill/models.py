@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from einops import rearrange
 
 from ..sampling import classifier_free_guidance, instruct_pix2pix_guidance
+from ..video import frame_batch, unframe_batch
 from .config import FDDConfig
 
 
@@ -152,7 +154,7 @@ class FDDModels:
         to the ControlNet (None: no edit adapter). ``motion`` routes through a UNetMotionModel
         (which wants the text repeated per frame, ``(B*F, L, D)``); else frames are a batch."""
         B, C, Fr, h, w = x.shape
-        x_flat = x.permute(0, 2, 1, 3, 4).reshape(B * Fr, C, h, w)
+        x_flat = frame_batch(x)
         t_flat = t.repeat_interleave(Fr)
         emb = text.repeat_interleave(Fr, dim=0)
         down = mid = None
@@ -164,7 +166,7 @@ class FDDModels:
                         mid_block_additional_residual=mid, return_dict=False)[0]
         out = unet(x_flat, t_flat, encoder_hidden_states=emb, down_block_additional_residuals=down,
                    mid_block_additional_residual=mid, return_dict=False)[0]
-        return out.view(B, Fr, C, h, w).permute(0, 2, 1, 3, 4)
+        return unframe_batch(out, B)
 
     def _guided(self, unet, motion, x, t, cond: Conditioning, text_cfg, image_cfg, use_control, scale):
         """Noise prediction with the guidance rule of the plug-and-play sampler: InstructPix2Pix
@@ -188,14 +190,13 @@ class FDDModels:
         ctrl_text = torch.cat([cond.instruction, cond.empty])
         ctrl_pix = torch.cat([cond.frames, cond.frames])
         Fr = x.shape[2]
-        Cc, h, w = x.shape[1], x.shape[3], x.shape[4]
-        d, m = self._control(ctrl_x.permute(0, 2, 1, 3, 4).reshape(-1, Cc, h, w), ctrl_t.repeat_interleave(Fr),
+        d, m = self._control(frame_batch(ctrl_x), ctrl_t.repeat_interleave(Fr),
                              ctrl_text.repeat_interleave(Fr, dim=0),
                              ctrl_pix.reshape(-1, *ctrl_pix.shape[2:]), scale)
         if n == 3:
             d = [torch.cat([r, torch.zeros_like(r[: B * Fr])]) for r in d]
             m = torch.cat([m, torch.zeros_like(m[: B * Fr])])
-        x_flat = xs.permute(0, 2, 1, 3, 4).reshape(-1, Cc, h, w)
+        x_flat = frame_batch(xs)
         emb = text.repeat_interleave(Fr, dim=0)
         if motion:
             e = unet(xs, ts, encoder_hidden_states=emb, down_block_additional_residuals=d,
@@ -203,7 +204,7 @@ class FDDModels:
         else:
             e = unet(x_flat, ts.repeat_interleave(Fr), encoder_hidden_states=emb, down_block_additional_residuals=d,
                      mid_block_additional_residual=m, return_dict=False)[0]
-            e = e.view(n * B, Fr, Cc, h, w).permute(0, 2, 1, 3, 4)
+            e = unframe_batch(e, n * B)
         parts = e.split(B)
         if n == 2:
             return classifier_free_guidance(parts[1], parts[0], text_cfg)
@@ -227,18 +228,15 @@ class FDDModels:
     # ------------------------------------------------------------------------------ pixels
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``(B, C, F, h, w)`` latents -> ``(B, F, 3, H, W)`` pixels in -1..1 (differentiable)."""
-        B, C, Fr, h, w = latents.shape
-        flat = latents.permute(0, 2, 1, 3, 4).reshape(B * Fr, C, h, w)
-        pix = self.vae.decode(flat / self.scaling_factor).sample
-        return pix.view(B, Fr, *pix.shape[1:])
+        pix = self.vae.decode(frame_batch(latents) / self.scaling_factor).sample
+        return rearrange(pix, "(b f) c h w -> b f c h w", b=latents.shape[0])
 
     @torch.no_grad()
     def encode(self, pixels01: torch.Tensor) -> torch.Tensor:
         """``(B, F, 3, H, W)`` in 0..1 -> latents ``(B, C, F, h, w)`` (posterior mean)."""
-        B, Fr = pixels01.shape[:2]
-        lat = self.vae.encode(pixels01.reshape(B * Fr, *pixels01.shape[2:]) * 2 - 1).latent_dist.mean
-        lat = lat * self.scaling_factor
-        return lat.view(B, Fr, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+        flat = rearrange(pixels01, "b f c h w -> (b f) c h w") * 2 - 1
+        lat = self.vae.encode(flat).latent_dist.mean * self.scaling_factor
+        return unframe_batch(lat, pixels01.shape[0])
 
 
 def build_fdd_models(backbone, controlnet, motion_adapter, cfg: FDDConfig, teacher_lora=None) -> FDDModels:

@@ -20,14 +20,11 @@ spatio-temporal attention.
 from .config import InflationConfig
 from .edit import (
     EditConfig,
-    decode_video,
     ei2_edit_latents,
     ei2_invert,
     ei2_sample,
-    encode_video,
     prepare_pixels,
     select_frames,
-    size_multiple,
 )
 from .ffam import (
     EI2SelfAttnProcessor,
@@ -76,7 +73,6 @@ __all__ = [
     "TunedWeights",
     "attention_matrix_elements",
     "build_model",
-    "decode_video",
     "detached_copy",
     "diffusion_loss",
     "ei2_edit",
@@ -85,7 +81,6 @@ __all__ = [
     "ei2_sample",
     "ei2_tune",
     "encode_text",
-    "encode_video",
     "expected_ffam_keys",
     "ffam_context",
     "full_spatiotemporal_attention",
@@ -100,7 +95,6 @@ __all__ = [
     "save_tuned_weights",
     "select_frames",
     "set_trainable",
-    "size_multiple",
     "sparse_causal_context",
     "spectral_normalize",
     "tune_one_shot",

@@ -13,13 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.common import (
-    fit_size,
-    frames_to_pixels,
-    resize_pixels,
-    vae_decode,
-    vae_encode,
-)
+from ..video import fit_size, frames_to_pixels, resize_pixels
 from ..sampling import DDIMSchedule, classifier_free_guidance, ddim_invert, ddim_sample
 from ..sampling.control import CancelCheck, ProgressCallback
 from .inflate import InflatedUNet
@@ -49,12 +43,6 @@ def select_frames(frames: torch.Tensor, num_frames: int = 8, stride: int = 1, st
     return frames[idx]
 
 
-def size_multiple(vae_scale_factor: int, unet) -> int:
-    """Pixel sizes the UNet accepts are multiples of this (VAE factor x 2^(levels − 1))."""
-    levels = len(unet.config.block_out_channels)
-    return int(vae_scale_factor) * 2 ** (levels - 1)
-
-
 def prepare_pixels(frames: torch.Tensor, multiple: int, size: int = 0) -> torch.Tensor:
     """IMAGE frames -> pixels ``[n, 3, h, w]`` in −1..1, the longer side scaled to ``size``
     (0: keep) and both sides cut down to multiples of ``multiple``."""
@@ -64,21 +52,6 @@ def prepare_pixels(frames: torch.Tensor, multiple: int, size: int = 0) -> torch.
         H, W = max(1, round(H * s)), max(1, round(W * s))
     h, w = fit_size(H, W, multiple)
     return resize_pixels(frames_to_pixels(frames.float()), (h, w))
-
-
-def encode_video(vae, pixels: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """``[n, 3, H, W]`` pixels -> video latents ``(1, C, n, h, w)`` (posterior mean, scaled)."""
-    dtype = next(vae.parameters()).dtype
-    device = next(vae.parameters()).device
-    lat = vae_encode(vae, pixels.to(device=device, dtype=dtype), scaling_factor).float()
-    return lat.permute(1, 0, 2, 3).unsqueeze(0)
-
-
-def decode_video(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Video latents ``(1, C, n, h, w)`` -> pixels ``[n, 3, H, W]`` in −1..1 (float32)."""
-    dtype = next(vae.parameters()).dtype
-    flat = latents[0].permute(1, 0, 2, 3)
-    return vae_decode(vae, flat.to(dtype), scaling_factor).float()
 
 
 @dataclass

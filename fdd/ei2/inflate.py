@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..video import frame_batch, unframe_batch
 from .config import InflationConfig
 from .ffam import EI2SelfAttnProcessor, FrameState
 from .stam import SNLinear, TemporalModule
@@ -127,7 +128,7 @@ class InflatedUNet(nn.Module):
         B, C, n, h, w = sample.shape
         self.state.num_frames = n
         self.state.latent_hw = (h, w)
-        x = sample.permute(0, 2, 1, 3, 4).reshape(B * n, C, h, w)
+        x = frame_batch(sample)
         emb = encoder_hidden_states
         if emb.shape[0] != B:
             raise ValueError(f"encoder_hidden_states: batch {emb.shape[0]} differs from the latents' {B}")
@@ -138,7 +139,7 @@ class InflatedUNet(nn.Module):
         elif t.shape[0] == B:
             t = t.repeat_interleave(n)
         out = self.unet(x, t, encoder_hidden_states=emb, return_dict=False)[0]
-        return out.view(B, n, *out.shape[1:]).permute(0, 2, 1, 3, 4)
+        return unframe_batch(out, B)
 
 
 def transformer_blocks(unet: nn.Module) -> list[tuple[str, BasicTransformerBlock]]:

@@ -19,16 +19,8 @@ from torch import nn
 from ..pipelines.common import encode_prompts, pixels_to_frames
 from ..sampling.control import CancelCheck, ProgressCallback
 from .config import InflationConfig
-from .edit import (
-    EditConfig,
-    decode_video,
-    ei2_edit_latents,
-    encode_video,
-    prepare_pixels,
-    resize_back,
-    select_frames,
-    size_multiple,
-)
+from ..video import decode_video, encode_video, size_multiple
+from .edit import EditConfig, ei2_edit_latents, prepare_pixels, resize_back, select_frames
 from .inflate import InflatedUNet, inflate_unet, load_tuned_state
 from .tune import TuneConfig, TuneResult, tune_one_shot
 

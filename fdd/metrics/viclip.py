@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.errors import ModelLoadError
+from ..video import as_video
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -324,7 +325,7 @@ def preprocess_video(frames: torch.Tensor, fnum: int = 8, size: int = 224) -> to
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     x = (x - mean.to(x)) / std.to(x)
-    return x.permute(1, 0, 2, 3).unsqueeze(0)
+    return as_video(x)
 
 
 def load_viclip(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ViCLIPScorer:

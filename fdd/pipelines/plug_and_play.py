@@ -19,8 +19,9 @@ import torch
 from ..sampling import (DDIMSchedule, add_noise, ddim_sample, instruct_pix2pix_guidance,
                         classifier_free_guidance, windowed_predict)
 from ..sampling.control import CancelCheck, ProgressCallback
-from .common import (encode_prompts, is_out_of_memory, pixels_to_frames, prepare_frames,
-                     release_cached_memory, resize_pixels, vae_decode, vae_encode)
+from ..video import as_video, decode_video, pixels_to_frames, prepare_frames, resize_pixels, vae_encode
+from ..memory import is_out_of_memory, release_cached_memory
+from .common import encode_prompts
 from .stack import VideoEditStack
 
 
@@ -145,7 +146,7 @@ def start_latents(bb, pixels: torch.Tensor, size: tuple[int, int], steps: int, d
     if start == 0:
         return noise, 0
     src = vae_encode(bb.vae, pixels, bb.scaling_factor).float()
-    src = src.view(F_, C, *lat_shape[-2:]).permute(1, 0, 2, 3).unsqueeze(0)
+    src = as_video(src.view(F_, C, *lat_shape[-2:]))
     t0 = schedule.timesteps(steps)[start]
     return add_noise(src, noise, schedule.alpha_bar(t0)), start
 
@@ -178,7 +179,6 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
         latents, start = start_latents(bb, pixels, (h, w), cfg.steps, cfg.denoise, cfg.seed, schedule)
         latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start,
                               callback=callback, should_cancel=should_cancel)
-        flat = latents[0].permute(1, 0, 2, 3)
-        out = vae_decode(bb.vae, flat.to(dtype), bb.scaling_factor)
+        out = decode_video(bb.vae, latents.to(dtype), bb.scaling_factor)
     out = resize_pixels(out.float(), (H, W))
     return pixels_to_frames(out)

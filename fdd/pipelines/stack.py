@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..models.sd1 import SD1Backbone
+from ..video import frame_batch, unframe_batch
 
 
 @dataclass
@@ -95,7 +96,7 @@ class VideoEditStack:
         B, C, Fr, h, w = x.shape
         dtype = self.dtype
         unet = self.denoiser
-        x_flat = x.permute(0, 2, 1, 3, 4).reshape(B * Fr, C, h, w).to(dtype)
+        x_flat = frame_batch(x).to(dtype)
         emb_flat = text_emb.to(dtype).repeat_interleave(Fr, dim=0)
         tt = torch.full((B * Fr,), t, device=x.device, dtype=torch.long)
         down_res = mid_res = None
@@ -127,4 +128,4 @@ class VideoEditStack:
         out = unet(x_flat, tt, encoder_hidden_states=emb_flat,
                    down_block_additional_residuals=down_res,
                    mid_block_additional_residual=mid_res, return_dict=False)[0]
-        return out.view(B, Fr, C, h, w).permute(0, 2, 1, 3, 4).float()
+        return unframe_batch(out, B).float()

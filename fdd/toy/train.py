@@ -73,6 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..video import frame_batch, unframe_batch
 from .evaluate import (
     expected_reading,
     read_frame,
@@ -1021,8 +1022,8 @@ def eval_video(kit: Toolkit, denoise: Callable, cfg: TrainConfig, seed: int = 12
 
 def _decode_clips(kit: Toolkit, lat: torch.Tensor) -> np.ndarray:
     """``(N, C, F, h, w)`` latents -> ``[N, F, H, W, 3]`` frames."""
-    n, C, Fr, h, w = lat.shape
-    imgs = kit.decode(lat.permute(0, 2, 1, 3, 4).reshape(n * Fr, C, h, w))
+    n, Fr = lat.shape[0], lat.shape[2]
+    imgs = kit.decode(frame_batch(lat))
     return imgs.reshape(n, Fr, *imgs.shape[1:])
 
 
@@ -1054,7 +1055,7 @@ def _score_videos(imgs: np.ndarray, scenes) -> dict:
 def _video_latents(kit, clips):
     B, Fr = clips.shape[:2]
     z = kit.encode_images(clips.reshape(B * Fr, *clips.shape[2:]))
-    return z.reshape(B, Fr, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # B C F h w
+    return unframe_batch(z, B)  # B C F h w
 
 
 def _video_step(kit: Toolkit, cfg: TrainConfig, denoise: Callable) -> Callable:
