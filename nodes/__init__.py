@@ -1,33 +1,40 @@
 """ComfyUI nodes of the pack (V3 schema). One small file per feature; no math here.
 
-Every module in this folder whose name does not start with ``_`` (and is not ``types``) may
-define ``NODES``, a list of ``io.ComfyNode`` classes; they are collected in module-name order.
+The node list is explicit (as ComfyUI's ``comfy_extras`` modules keep theirs): a reader, a tool
+and the Registry see what is registered without importing anything. Every class derives from
+:class:`nodes._inputs.PackNode`, which checks each call's inputs against the schema first.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import _runtime
+from .assd import ASSDOptimize
+from .ei2 import EI2Edit, EI2Inflate, EI2LoadTuned, EI2SaveTuned, EI2Tune
+from .eve import EVEVideoEdit
+from .fdd_train import FDDAlign, FDDDatasetNode, LoadDINOv2
+from .loaders import LoadBackbone, LoadEditAdapter, LoadLora, LoadT2VUNet, LoadVideoAdapter
+from .metrics import VideoEditMetrics
+from .plug_and_play import PlugAndPlayVideoEdit
+from .toy import ToyClip, ToyScore
 
-_SKIP = {"types"}
-
-
-def node_modules() -> list[str]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    return sorted(f[:-3] for f in os.listdir(here)
-                  if f.endswith(".py") and not f.startswith("_") and f[:-3] not in _SKIP)
+NODES: list[type[io.ComfyNode]] = [
+    # loaders
+    LoadBackbone, LoadEditAdapter, LoadVideoAdapter, LoadLora, LoadT2VUNet,
+    # EVE stack: plug-and-play, FDD alignment, the aligned sampler
+    PlugAndPlayVideoEdit, LoadDINOv2, FDDDatasetNode, FDDAlign, EVEVideoEdit,
+    # ASSD
+    ASSDOptimize,
+    # EI²
+    EI2Inflate, EI2Tune, EI2SaveTuned, EI2LoadTuned, EI2Edit,
+    # metrics and the toy world
+    VideoEditMetrics, ToyClip, ToyScore,
+]
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    nodes: list[type[io.ComfyNode]] = []
-    for name in node_modules():
-        mod = importlib.import_module(f".{name}", __name__)
-        nodes.extend(getattr(mod, "NODES", []))
-    return nodes
+    return list(NODES)
 
 
 class FDDExtension(ComfyExtension):

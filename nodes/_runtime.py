@@ -116,13 +116,23 @@ def list_subfolders(folder: str, marker: Callable[[str], bool]) -> list[str]:
     return out
 
 
+def inside(root: str, name: str) -> str | None:
+    """``root/name`` resolved with ``realpath`` (symlinks followed), or None when that lies
+    outside ``root`` (an absolute name, ``..``, or a link pointing out)."""
+    base = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(base, name))
+    return path if path != base and os.path.commonpath([path, base]) == base else None
+
+
 def resolve_folder(folder: str, name: str, input_name: str) -> str:
-    for root in folder_paths.get_folder_paths(folder):
-        p = os.path.join(root, name)
-        if os.path.isdir(p):
+    """A sub-folder of one of ComfyUI's ``folder`` model folders; nothing outside them."""
+    roots = folder_paths.get_folder_paths(folder)
+    for root in roots:
+        p = inside(root, name)
+        if p is not None and os.path.isdir(p):
             return p
-    raise ValueError(f"{input_name}: no folder named {name!r} in ComfyUI's '{folder}' model folders "
-                     f"({', '.join(folder_paths.get_folder_paths(folder))})")
+    raise ValueError(f"{input_name}: no folder named {name!r} inside ComfyUI's '{folder}' model folders "
+                     f"({', '.join(roots)}); paths outside them are refused")
 
 
 def resolve_file(folder: str, name: str, input_name: str) -> str:

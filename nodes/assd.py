@@ -13,6 +13,7 @@ from ..fdd.assd.gradients import MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES
 from ..fdd.assd.models import backbone_lora_patchers
 from ..fdd.video import check_clip
 from . import _runtime as rt
+from ._inputs import PackNode
 from .plug_and_play import get_stack
 from .types import AdapterHandle, Backbone, BackboneHandle, T2VUNet, VideoAdapter
 
@@ -65,7 +66,7 @@ def _progress(total: int, models, preview_every: int, previews: list):
     return cb
 
 
-class ASSDOptimize(io.ComfyNode):
+class ASSDOptimize(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -204,6 +205,3 @@ class ASSDOptimize(io.ComfyNode):
             if not previews:
                 previews.append(preview_strip(models, z))
         return io.NodeOutput(out, torch.cat(previews))
-
-
-NODES = [ASSDOptimize]

@@ -37,6 +37,7 @@ from ..fdd.ei2.config import (
 from ..fdd.ei2.inflate import base_fingerprint
 from ..fdd.ei2.tune import MIXED_PRECISION
 from . import _runtime as rt
+from ._inputs import PackNode
 from .types import Backbone, BackboneHandle
 
 CATEGORY = "video edit (fdd)/EI²"
@@ -87,7 +88,7 @@ def checkpoint_path(run_name: str) -> str:
     return os.path.join(ei2_folder(), "checkpoints", f"{run_name}.safetensors")
 
 
-class EI2Inflate(io.ComfyNode):
+class EI2Inflate(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -160,7 +161,7 @@ class EI2Inflate(io.ComfyNode):
         return io.NodeOutput(EI2ModelHandle(backbone, config, name=f"{backbone.name} (inflated)"))
 
 
-class EI2Tune(io.ComfyNode):
+class EI2Tune(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -253,7 +254,7 @@ class EI2Tune(io.ComfyNode):
         return io.NodeOutput(handle, used, curve)
 
 
-class EI2SaveTuned(io.ComfyNode):
+class EI2SaveTuned(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -297,7 +298,7 @@ class EI2SaveTuned(io.ComfyNode):
         return io.NodeOutput(rel, ui=ui.PreviewText(f"saved models/{FOLDER}/{rel}"))
 
 
-class EI2LoadTuned(io.ComfyNode):
+class EI2LoadTuned(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -327,7 +328,7 @@ class EI2LoadTuned(io.ComfyNode):
         return io.NodeOutput(handle, render_loss_curve(tw.history, title=f"EI2 tuning loss: {tuned_weights}"))
 
 
-class EI2Edit(io.ComfyNode):
+class EI2Edit(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -379,6 +380,3 @@ class EI2Edit(io.ComfyNode):
                            negative_prompt=negative_prompt, config=config, loras=ei2_model.loras, size=int(size),
                            callback=rt.progress_callback(total))
         return io.NodeOutput(out)
-
-
-NODES = [EI2Inflate, EI2Tune, EI2SaveTuned, EI2LoadTuned, EI2Edit]

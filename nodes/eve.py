@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import io
 from ..fdd.distill.eve import EVEConfig, eve_edit
 from ..fdd.pipelines import denoise_steps
 from . import _runtime as rt
+from ._inputs import PackNode
 from .plug_and_play import get_stack
 from .types import Backbone, BackboneHandle, EditAdapter, VideoAdapter
 
@@ -20,7 +21,7 @@ def _interrupt_check() -> bool:
     return False
 
 
-class EVEVideoEdit(io.ComfyNode):
+class EVEVideoEdit(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -98,6 +99,3 @@ class EVEVideoEdit(io.ComfyNode):
                            callback=rt.progress_callback(denoise_steps(steps, denoise)),
                            should_cancel=_interrupt_check)
         return io.NodeOutput(out)
-
-
-NODES = [EVEVideoEdit]

@@ -16,6 +16,7 @@ from ..fdd.distill.dataset import FDDDataset
 from ..fdd.distill.discriminators import load_dinov2
 from ..fdd.distill.plot import render_loss_curve
 from . import _runtime as rt
+from ._inputs import PackNode
 from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, VideoAdapter
 
 CATEGORY = "video edit (fdd)/training"
@@ -62,7 +63,7 @@ class DatasetHandle:
     name: str
 
 
-class LoadDINOv2(io.ComfyNode):
+class LoadDINOv2(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -86,7 +87,7 @@ class LoadDINOv2(io.ComfyNode):
         return io.NodeOutput(AdapterHandle(model, dino_name, path))
 
 
-class FDDDatasetNode(io.ComfyNode):
+class FDDDatasetNode(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -99,8 +100,8 @@ class FDDDatasetNode(io.ComfyNode):
                         "manifest line.",
             inputs=[
                 io.Combo.Input("dataset_name", options=rt.list_subfolders("fdd_datasets", _is_dataset),
-                               tooltip="A dataset folder in models/fdd_datasets (or an absolute path typed "
-                                       "into the API prompt)."),
+                               tooltip="A dataset folder in models/fdd_datasets (ComfyUI's registered "
+                                       "dataset folders; paths elsewhere on the server are refused)."),
                 io.String.Input("manifest", default="manifest.jsonl",
                                 tooltip="Manifest file inside the folder: .jsonl (one JSON object per line) "
                                         "or .csv with header clip,instruction,output_caption,task."),
@@ -119,8 +120,7 @@ class FDDDatasetNode(io.ComfyNode):
     @classmethod
     def execute(cls, dataset_name: str, manifest: str, num_frames: int, width: int, height: int,
                 frame_stride: int) -> io.NodeOutput:
-        folder = dataset_name if os.path.isabs(dataset_name) else rt.resolve_folder("fdd_datasets", dataset_name,
-                                                                                    "dataset_name")
+        folder = rt.resolve_folder("fdd_datasets", dataset_name, "dataset_name")
         ds = FDDDataset(folder, manifest.strip() or "manifest.jsonl", num_frames, height, width, frame_stride,
                         needs_clips=None)
         return io.NodeOutput(DatasetHandle(ds, dataset_name))
@@ -132,7 +132,7 @@ def _loras_dir(save_to: str) -> str:
     return os.path.join(folder_paths.get_output_directory(), "fdd", "loras")
 
 
-class FDDAlign(io.ComfyNode):
+class FDDAlign(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -297,6 +297,3 @@ class FDDAlign(io.ComfyNode):
         lora = read_lora(path)
         aligned = BackboneHandle(backbone.backbone, backbone.name, backbone.loras).with_lora(lora, 1.0, lora_file)
         return io.NodeOutput(aligned, render_loss_curve(history), path)
-
-
-NODES = [LoadDINOv2, FDDDatasetNode, FDDAlign]

@@ -13,6 +13,7 @@ from ..fdd.models.motion import load_motion_adapter
 from ..fdd.models.sd1 import companion_tokenizer, load_sd1
 from ..fdd.models.t2v import load_t2v_unet
 from . import _runtime as rt
+from ._inputs import PackNode
 from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, T2VUNet, VideoAdapter
 
 CATEGORY = "video edit (fdd)/loaders"
@@ -50,7 +51,7 @@ def _resolve_choice(folder: str, choice: str, input_name: str) -> str:
     return rt.resolve_file(folder, choice, input_name)
 
 
-class LoadBackbone(io.ComfyNode):
+class LoadBackbone(PackNode):
     @classmethod
     def define_schema(cls):
         options = rt.list_files("checkpoints", hide_inside=lambda p: _is_sd_pipeline(p) or _has_config(p)) + [
@@ -96,7 +97,7 @@ class LoadBackbone(io.ComfyNode):
         return io.NodeOutput(BackboneHandle(bb, ckpt_name))
 
 
-class LoadEditAdapter(io.ComfyNode):
+class LoadEditAdapter(PackNode):
     @classmethod
     def define_schema(cls):
         options = _file_and_folder_options("controlnet", _has_config)
@@ -121,7 +122,7 @@ class LoadEditAdapter(io.ComfyNode):
         return io.NodeOutput(AdapterHandle(cn, controlnet_name, path))
 
 
-class LoadVideoAdapter(io.ComfyNode):
+class LoadVideoAdapter(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -145,7 +146,7 @@ class LoadVideoAdapter(io.ComfyNode):
         return io.NodeOutput(AdapterHandle(ad, motion_module, path))
 
 
-class LoadLora(io.ComfyNode):
+class LoadLora(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -173,7 +174,7 @@ class LoadLora(io.ComfyNode):
         return io.NodeOutput(backbone.with_lora(lora, strength, lora_name))
 
 
-class LoadT2VUNet(io.ComfyNode):
+class LoadT2VUNet(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -195,6 +196,3 @@ class LoadT2VUNet(io.ComfyNode):
         path = rt.resolve_folder("diffusers", model_folder, "model_folder")
         unet = rt.CACHE.get("t2v", path, lambda: load_t2v_unet(path).requires_grad_(False))
         return io.NodeOutput(AdapterHandle(unet, model_folder, path))
-
-
-NODES = [LoadBackbone, LoadEditAdapter, LoadVideoAdapter, LoadLora, LoadT2VUNet]

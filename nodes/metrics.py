@@ -12,6 +12,7 @@ from ..fdd.metrics.evaluate import MetricModels, evaluate_edit
 from ..fdd.metrics.grid import comparison_grid
 from ..fdd.metrics.viclip import load_viclip
 from . import _runtime as rt
+from ._inputs import PackNode
 
 CATEGORY = "video edit (fdd)/evaluation"
 #: ComfyUI model folder of the evaluation models: <models>/fdd_metrics/{clip,pickscore,viclip}/<name>/
@@ -58,7 +59,7 @@ def _load(kind: str, name: str, input_name: str):
         raise ValueError(f"{input_name}: {exc}") from exc
 
 
-class VideoEditMetrics(io.ComfyNode):
+class VideoEditMetrics(PackNode):
     @classmethod
     def define_schema(cls):
         clip = model_options("clip")
@@ -140,6 +141,3 @@ class VideoEditMetrics(io.ComfyNode):
             text = json.dumps({**res, "file": res_file}, indent=1)
         grid = comparison_grid(inp, out, max_columns=grid_columns)
         return io.NodeOutput(text, grid, ui={"text": [text]})
-
-
-NODES = [VideoEditMetrics]

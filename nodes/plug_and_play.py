@@ -8,6 +8,7 @@ from comfy_api.v0_0_2 import io
 
 from ..fdd.pipelines import PlugAndPlayConfig, VideoEditStack, denoise_steps, plug_and_play_edit
 from . import _runtime as rt
+from ._inputs import PackNode
 from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, VideoAdapter
 
 CATEGORY = "video edit (fdd)/sampling"
@@ -35,7 +36,7 @@ def get_stack(backbone: BackboneHandle, edit: AdapterHandle | None, video: Adapt
     return stack
 
 
-class PlugAndPlayVideoEdit(io.ComfyNode):
+class PlugAndPlayVideoEdit(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -102,6 +103,3 @@ class PlugAndPlayVideoEdit(io.ComfyNode):
             out = plug_and_play_edit(stack, frames, instruction, caption, config,
                                      callback=rt.progress_callback(total))
         return io.NodeOutput(out)
-
-
-NODES = [PlugAndPlayVideoEdit]

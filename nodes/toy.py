@@ -17,6 +17,7 @@ from ..fdd.toy.heldout import contamination
 from ..fdd.toy.evaluate import score_clip
 from ..fdd.toy.world import BACKGROUNDS, BASE_COLOURS, SHAPES, TASKS, seeded_edit
 from . import _runtime as rt
+from ._inputs import PackNode
 
 CATEGORY = "video edit (fdd)/toy world"
 RANDOM = "random"
@@ -26,7 +27,7 @@ def _frames(clip: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32))
 
 
-class ToyClip(io.ComfyNode):
+class ToyClip(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -69,7 +70,7 @@ class ToyClip(io.ComfyNode):
                              json.dumps(edit_to_json(edit)))
 
 
-class ToyScore(io.ComfyNode):
+class ToyScore(PackNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -119,6 +120,3 @@ class ToyScore(io.ComfyNode):
             res["file"] = rt.save_output_json(text, filename_prefix.strip())
             text = json.dumps(res, indent=1)
         return io.NodeOutput(text, ui={"text": [text]})
-
-
-NODES = [ToyClip, ToyScore]

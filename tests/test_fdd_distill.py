@@ -517,3 +517,29 @@ def test_shipped_configs_parse():
     for f in files:
         cfg = load_config(f)
         assert os.path.isabs(cfg.backbone) and os.path.isabs(cfg.output_dir)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(models_tree, fdd_tree, loaded,
+                                                                              tmp_path, monkeypatch):
+    """Iteration 2's loss turns NaN: the run ends with an error naming the iteration, the LoRA
+    is the one after iteration 1 and the checkpoint written on the way out holds step 1."""
+    import fdd.distill.trainer as T
+    from fdd.numerics import NonFiniteError
+
+    tr = _trainer(models_tree, fdd_tree, loaded, tmp_path / "nan", iterations_sds=3, iterations_adv=0)
+    real = T.fdd_generator_loss
+    monkeypatch.setattr(T, "fdd_generator_loss",
+                        lambda *a, **k: real(*a, **k) * (float("nan") if tr.step >= 1 else 1.0))
+    after_one = []
+
+    def cb(step, total, log):
+        after_one.extend(p.detach().clone() for p in tr.lora_params)
+
+    with pytest.raises(NonFiniteError, match=r"the FDD losses .* at step 2/3"):
+        tr.train(callback=cb)
+    assert tr.step == 1 and after_one
+    for a, b in zip(after_one, tr.lora_params):
+        assert torch.equal(a, b) and torch.isfinite(b).all()
+    sd = torch.load(os.path.join(tr.cfg.output_dir, "checkpoint.pt"), weights_only=True)
+    assert sd["step"] == 1

@@ -186,7 +186,11 @@ def test_align_node_edit_plus_lora_combination(fdd_pack, handles, tmp_path):
 
     pack, _ = fdd_pack
     bb, cn, mm, dino, _ = handles
-    ds = _run(pack["FDD_Dataset"], dataset_name=write_tiny_lora_dataset(str(tmp_path / "ds")),
+    import folder_paths
+
+    write_tiny_lora_dataset(str(tmp_path / "ds"))
+    folder_paths.add_model_folder_path("fdd_datasets", str(tmp_path))
+    ds = _run(pack["FDD_Dataset"], dataset_name="ds",
               manifest="manifest.jsonl", num_frames=1, width=32, height=32, frame_stride=1)[0]
     assert ds.dataset.needs_clips is False
     styled = _run(pack["FDD_LoraLoader"], backbone=bb, lora_name="fdd_demo_lora.safetensors", strength=1.0)[0]

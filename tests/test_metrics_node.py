@@ -79,7 +79,7 @@ def test_node_errors_name_the_input(comfy_pack, metrics_root, tmp_path):
 
     node = comfy_pack["FDD_VideoEditMetrics"]
     a = moving_shapes_clip(2, 16, 16)
-    with pytest.raises(ValueError, match="clip_model: no folder 'nope'"):
+    with pytest.raises(ValueError, match="input 'clip_model' must be one of .*got 'nope'"):
         _run(node, input_frames=a, output_frames=a, output_caption="x", clip_model="nope", filename_prefix="")
     with pytest.raises(ValueError, match="output_caption"):
         _run(node, input_frames=a, output_frames=a, output_caption=" ", filename_prefix="")

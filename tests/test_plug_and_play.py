@@ -203,3 +203,22 @@ def test_vae_decode_halves_its_batch_on_oom_with_the_same_pixels(stack, monkeypa
     want_enc = vae_encode(vae, pix, 0.18215)
     monkeypatch.setattr(vae, "encode", lambda p, *a, **k: (_oom_above(3)(p.shape[0]), real_enc(p))[1])
     torch.testing.assert_close(vae_encode(vae, pix, 0.18215), want_enc, atol=1e-5, rtol=0)
+
+
+def test_non_finite_latents_stop_the_sampler_at_their_step(stack, monkeypatch):
+    """A prediction that turns NaN at the second step ends the edit with an error naming the step
+    and the likely causes, instead of returning black frames."""
+    from fdd.numerics import NonFiniteError
+
+    real = stack.predict_noise
+    calls = {"n": 0}
+
+    def poisoned(x, *a, **k):
+        calls["n"] += 1
+        out = real(x, *a, **k)
+        return out * float("nan") if calls["n"] >= 2 else out
+
+    monkeypatch.setattr(stack, "predict_noise", poisoned)
+    frames = moving_shapes_clip(4, 32, 32)
+    with pytest.raises(NonFiniteError, match=r"the latents became non-finite \(NaN or inf\) at step 2/3.*guidance"):
+        plug_and_play_edit(stack, frames, "make it green", "a green ball", PlugAndPlayConfig(steps=3, seed=1))

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from ..numerics import OPTIMISATION_CAUSES, require_finite
 from ..sampling import DDIMSchedule, ddim_step
 from ..sampling.control import Cancelled
 from . import distributed as D
@@ -371,6 +372,13 @@ class FDDTrainer:
             D.all_reduce_grads_(self.d_params, self.dist)
         D.all_reduce_sum_([acc], self.dist)
         grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in self.lora_params))
+        # before any weight moves: a non-finite loss, or non-finite gradients that no loss scaler
+        # will skip, stop the run here and the checkpoint of the last good iteration stays
+        require_finite(acc, "the FDD losses (" + ", ".join(keys) + ")", self.step + 1, cfg.iterations,
+                       OPTIMISATION_CAUSES)
+        if self.scaler_g is None:
+            require_finite(torch.tensor(grad_norm), "the LoRA gradient norm", self.step + 1, cfg.iterations,
+                           OPTIMISATION_CAUSES)
         if cfg.use_sds or adversarial:
             self._opt_step(self.opt_g, self.scaler_g, self.lora_params)
         if adversarial:

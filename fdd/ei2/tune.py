@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.errors import ModelLoadError
+from ..numerics import OPTIMISATION_CAUSES, require_finite
 from ..models.state_dict import (
     read_safetensors_metadata,
     read_state_dict,
@@ -280,9 +281,8 @@ class OneShotTuner:
         with torch.autocast(device_type=self.device.type, dtype=self.amp, enabled=self.amp is not None):
             pred = model(x_t.to(model.dtype), t, self.text_emb)
         loss = diffusion_loss(pred, noise)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"tuning diverged at step {self.step_count + 1} (loss {float(loss)}); "
-                                     "lower learning_rate")
+        require_finite(loss.detach(), "the EI² tuning loss", self.step_count + 1, self.config.steps,
+                       OPTIMISATION_CAUSES + " (lower learning_rate)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.max_grad_norm and cfg.max_grad_norm > 0:
