@@ -74,3 +74,16 @@ def toy_untrained(tmp_path_factory):
     run = tmp_path_factory.mktemp("toy_untrained")
     write_untrained_toy_run(run)
     return str(run)
+
+
+def start_comfy_server(models_tree, tmp_path_factory, name: str, extra_args=()):
+    """A real ComfyUI server (CPU, loopback) with this pack, the tiny models tree and the demo
+    clip in its input folder; the caller stops it."""
+    from fdd.testing.comfy_server import ComfyServer, prepare_demo_inputs
+
+    models_root = os.path.dirname(os.path.dirname(models_tree["checkpoint"]))
+    srv = ComfyServer(str(tmp_path_factory.mktemp(name)), models_root, comfy_dir=COMFY_DIR,
+                      extra_args=tuple(extra_args))
+    srv.start()
+    prepare_demo_inputs(srv)
+    return srv

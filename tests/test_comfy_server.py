@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import COMFY_DIR, ROOT
+from conftest import COMFY_DIR, ROOT, start_comfy_server
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +27,7 @@ PNP_UI = os.path.join(ROOT, "example_workflows", "fdd_plug_and_play_video_edit.j
 
 @pytest.fixture(scope="module")
 def server(models_tree, tmp_path_factory):
-    from fdd.testing.comfy_server import ComfyServer, prepare_demo_inputs
-
-    models_root = os.path.dirname(os.path.dirname(models_tree["checkpoint"]))
-    srv = ComfyServer(str(tmp_path_factory.mktemp("comfy")), models_root, comfy_dir=COMFY_DIR)
-    srv.start()
-    prepare_demo_inputs(srv)
+    srv = start_comfy_server(models_tree, tmp_path_factory, "comfy")
     yield srv
     srv.stop()
 

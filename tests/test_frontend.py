@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import COMFY_DIR, ROOT
+from conftest import ROOT, start_comfy_server
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +41,8 @@ def _api_twin(ui_path):
 
 @pytest.fixture(scope="module")
 def server(models_tree, tmp_path_factory):
-    from fdd.testing.comfy_server import ComfyServer, prepare_demo_inputs
-
     root = os.environ.get("FDD_FRONT_END_ROOT")
-    extra = ("--front-end-root", root) if root else ()
-    models_root = os.path.dirname(os.path.dirname(models_tree["checkpoint"]))
-    srv = ComfyServer(str(tmp_path_factory.mktemp("comfy_fe")), models_root, comfy_dir=COMFY_DIR,
-                      extra_args=extra)
-    srv.start()
-    prepare_demo_inputs(srv)
+    srv = start_comfy_server(models_tree, tmp_path_factory, "comfy_fe", ("--front-end-root", root) if root else ())
     yield srv
     srv.stop()
 

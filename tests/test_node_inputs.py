@@ -14,29 +14,15 @@ def _inputs(cls):
     return info["name"], {**info["input"].get("required", {}), **info["input"].get("optional", {})}
 
 
-def _probes(spec):
-    kind = spec[0] if isinstance(spec[0], str) else "COMBO"
-    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if kind in ("INT", "FLOAT"):
-        out = [math.nan, math.inf, -math.inf]
-        if opts.get("min") is not None:
-            out.append(opts["min"] - 1)
-        if opts.get("max") is not None:
-            out.append(opts["max"] + 1)
-        return out
-    if kind == "COMBO":
-        return ["__not_an_option__"]
-    return []
-
-
 def test_every_numeric_and_combo_input_refuses_bad_values_by_name(comfy_pack):
+    from fdd.testing.fuzz import probes_for
     from fdd_pack.nodes._inputs import check_inputs
 
     probes = refused = 0
     for node_id, cls in comfy_pack.items():
         _, specs = _inputs(cls)
         for name, spec in specs.items():
-            for bad in _probes(spec):
+            for bad in probes_for(spec):
                 probes += 1
                 with pytest.raises(ValueError) as err:
                     check_inputs(cls, {name: bad})

@@ -222,3 +222,19 @@ def test_non_finite_latents_stop_the_sampler_at_their_step(stack, monkeypatch):
     frames = moving_shapes_clip(4, 32, 32)
     with pytest.raises(NonFiniteError, match=r"the latents became non-finite \(NaN or inf\) at step 2/3.*guidance"):
         plug_and_play_edit(stack, frames, "make it green", "a green ball", PlugAndPlayConfig(steps=3, seed=1))
+
+
+def test_an_edit_adapter_for_another_backbone_is_refused_naming_both_files(models_tree):
+    """The toy edit adapter on the SD 1.5-named tiny backbone: before, a size mismatch deep in
+    diffusers; now an error naming the ControlNet file, the backbone file and what differs."""
+    import os
+
+    from fdd.models.errors import ModelLoadError
+
+    toy_cn = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "toy", "controlnet",
+                          "toy_controlnet_edit.safetensors")
+    bb = load_sd1(models_tree["checkpoint"], tokenizer=models_tree["tokenizer"])
+    stack = VideoEditStack(bb, controlnet=load_controlnet(toy_cn), controlnet_source=toy_cn)
+    with pytest.raises(ModelLoadError, match=r"toy_controlnet_edit\.safetensors.*does not match the backbone "
+                                             r"'.*v1-5-pruned-emaonly\.safetensors'.*image encoder reduces"):
+        plug_and_play_edit(stack, moving_shapes_clip(4, 32, 32), "x", "y", PlugAndPlayConfig(steps=1))

@@ -97,6 +97,7 @@ def eve_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, capt
     ``(1, C, F, h, w)`` with ``return_latents``)."""
     cfg = config or EVEConfig()
     cfg.validate()
+    stack.check_compatible()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
     pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)

@@ -130,8 +130,10 @@ def load_controlnet(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     return strict_load(lambda: ControlNetModel(**cfg), conv, path, "ControlNet", expected=EXPECTED_CN, dtype=dtype)
 
 
-def check_controlnet_matches_unet(controlnet, unet, controlnet_path=None) -> None:
-    """Raise ``ModelLoadError`` unless the ControlNet's residuals fit the backbone UNet.
+def check_controlnet_matches_unet(controlnet, unet, controlnet_path=None, backbone_path=None,
+                                  vae_scale_factor: int | None = None) -> None:
+    """Raise ``ModelLoadError`` unless the ControlNet's residuals fit the backbone UNet (the
+    message names the ControlNet file and, when given, the backbone's).
 
     Compared: ``in_channels``, ``block_out_channels``, ``layers_per_block`` (number and width
     of the down residuals) and ``cross_attention_dim`` (the text context it attends to). A
@@ -144,11 +146,18 @@ def check_controlnet_matches_unet(controlnet, unet, controlnet_path=None) -> Non
             a, b = tuple(a), tuple(b) if b is not None else None
         if a != b:
             diffs.append(f"{name} {a} vs the backbone's {b}")
+    emb = getattr(c, "conditioning_embedding_out_channels", None)
+    if vae_scale_factor and emb:
+        factor = 2 ** (len(emb) - 1)  # the hint encoder halves the image size per extra level
+        if factor != vae_scale_factor:
+            diffs.append(f"its image encoder reduces frames {factor}x vs the backbone VAE's {vae_scale_factor}x "
+                         f"(latents of another size)")
     if not diffs:
         return
     fam = {_SD2_CONTEXT: " It looks like an SD 2.x ControlNet.",
            _SDXL_CONTEXT: " It looks like an SDXL ControlNet."}.get(c.cross_attention_dim, "")
-    raise ModelLoadError(controlnet_path, "this ControlNet does not match the backbone: " + "; ".join(diffs)
+    bb = f" '{backbone_path}'" if backbone_path else ""
+    raise ModelLoadError(controlnet_path, f"this ControlNet does not match the backbone{bb}: " + "; ".join(diffs)
                          + "." + fam,
                          f"a ControlNet trained for this backbone (block_out_channels {tuple(u.block_out_channels)}, "
                          f"cross_attention_dim {u.cross_attention_dim})")

@@ -165,6 +165,7 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
     """
     cfg = config or PlugAndPlayConfig()
     cfg.validate()
+    stack.check_compatible()
     bb = stack.backbone
     device, dtype = stack.device, stack.dtype
     pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)

@@ -33,6 +33,16 @@ class VideoEditStack:
     motion_source: str = ""
     _motion_unet: Optional[torch.nn.Module] = field(default=None, repr=False)
 
+    def check_compatible(self) -> None:
+        """Refuse, naming both files, an edit adapter whose residuals do not fit the backbone
+        (channels, block layout, cross-attention width); the motion module is checked when the
+        motion UNet is built (:func:`fdd.models.motion.build_motion_unet`)."""
+        if self.controlnet is not None:
+            from ..models.controlnet import check_controlnet_matches_unet
+
+            check_controlnet_matches_unet(self.controlnet, self.backbone.unet, self.controlnet_source or None,
+                                          getattr(self.backbone, "source", None), self.backbone.vae_scale_factor)
+
     @property
     def motion_unet(self):
         if self.motion_adapter is None:
