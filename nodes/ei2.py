@@ -34,6 +34,7 @@ from ..fdd.ei2.config import (
     TEMPORAL_NORMS,
     TEMPORAL_POSITIONS,
 )
+from ..fdd.ei2 import check_tuned_base
 from ..fdd.ei2.inflate import base_fingerprint
 from ..fdd.ei2.tune import MIXED_PRECISION
 from . import _runtime as rt
@@ -322,6 +323,7 @@ class EI2LoadTuned(PackNode):
     def execute(cls, backbone: BackboneHandle, tuned_weights: str) -> io.NodeOutput:
         path = rt.resolve_file(FOLDER, tuned_weights, "tuned_weights")
         tw = rt.CACHE.get("ei2_tuned", path, lambda: read_tuned_weights(path))
+        check_tuned_base(tw, backbone.backbone.unet, backbone.name)
         handle = EI2ModelHandle(backbone, tw.config, tuned=tw.tensors, history=tuple(tw.history),
                                 info=dict(tw.train_info), name=tuned_weights)
         handle.get_module()  # check the weights fit the backbone now, with the file named in the error

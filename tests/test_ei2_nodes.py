@@ -127,6 +127,8 @@ def test_tune_interrupt_keeps_a_checkpoint_and_resume_continues(comfy_pack, back
     assert resumed.info["resumed_from"] == 1
     with pytest.raises(ValueError, match="resume"):
         _tune(comfy_pack, inflated, frames, steps=3, resume=True, run_name="")
+    with pytest.raises(FileNotFoundError, match=r"resume: no checkpoint to continue at '.*never_ran"):
+        _tune(comfy_pack, inflated, frames, steps=3, num_frames=4, frame_stride=1, resume=True, run_name="never_ran")
     with pytest.raises(ValueError, match="run_name"):
         _tune(comfy_pack, inflated, frames, steps=3, run_name="../x")
 

@@ -201,3 +201,56 @@ def test_tune_and_edit_on_a_loaded_backbone(models_tree):
     assert not torch.allclose(noise, out)
     with pytest.raises(ValueError, match="num_frames"):
         ei2_tune(bb, InflationConfig(), frames, "x", TuneConfig(steps=1), num_frames=8, stride=2)
+
+
+def test_tuned_weights_refuse_another_backbone():
+    """The base fingerprint stored with tuned weights is checked when they are loaded: the same
+    backbone passes, another (other conv_in weights, or another architecture) is refused naming
+    the file and what differs; files without a fingerprint are let through."""
+    from fdd.ei2 import TunedWeights, check_tuned_base
+    from fdd.ei2.inflate import base_fingerprint
+    from fdd.models.errors import ModelLoadError
+    from fdd.testing.tiny import tiny_unet
+
+    a, b = tiny_unet(seed=0), tiny_unet(seed=1)
+    tw = TunedWeights(tensors={}, config=None, base=base_fingerprint(a), source="tuned.safetensors")
+    check_tuned_base(tw, a, "a.safetensors")
+    with pytest.raises(ModelLoadError, match=r"tuned\.safetensors.*tuned on another backbone than "
+                                             r"'b\.safetensors'.*conv_in checksum"):
+        check_tuned_base(tw, b, "b.safetensors")
+    other = dict(tw.base, block_out_channels=[64, 128])
+    with pytest.raises(ModelLoadError, match="block_out_channels"):
+        check_tuned_base(TunedWeights(tensors={}, config=None, base=other, source="t"), a)
+    check_tuned_base(TunedWeights(tensors={}, config=None, base={}, source="old"), b)
+
+
+@pytest.mark.slow
+def test_tuning_repeats_bit_exactly_in_separate_processes(tmp_path):
+    """Two uninterrupted tuning runs with one seed, each in a fresh process (2 threads), give the
+    same loss sequence and the same tuned tensors, bit for bit."""
+    import hashlib
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import hashlib, json, sys, torch\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
+        "torch.set_num_threads(2)\n"
+        "from fdd.ei2 import InflationConfig, TuneConfig, inflate_unet, tune_one_shot\n"
+        "from fdd.ei2.tune import tuned_state_dict\n"
+        "from fdd.testing.tiny import tiny_unet\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "lat, emb = torch.randn(1, 4, 4, 16, 16, generator=g), torch.randn(1, 77, 64, generator=g)\n"
+        "m = inflate_unet(tiny_unet(0), InflationConfig())\n"
+        "r = tune_one_shot(m, lat, emb, TuneConfig(steps=6, learning_rate=1e-3, seed=3))\n"
+        "h = hashlib.sha256(json.dumps(r.history).encode())\n"
+        "for k, v in sorted(tuned_state_dict(m).items()):\n"
+        "    h.update(k.encode()); h.update(v.detach().contiguous().numpy().tobytes())\n"
+        "print(h.hexdigest())\n")
+    outs = [subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for o in outs:
+        assert o.returncode == 0, o.stderr[-2000:]
+    digests = [o.stdout.strip().splitlines()[-1] for o in outs]
+    assert digests[0] == digests[1] and len(digests[0]) == len(hashlib.sha256().hexdigest())

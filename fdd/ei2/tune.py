@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ..models.errors import ModelLoadError
-from ..numerics import OPTIMISATION_CAUSES, require_finite
 from ..models.state_dict import (
     read_safetensors_metadata,
     read_state_dict,
     save_safetensors_atomic,
 )
+from ..numerics import OPTIMISATION_CAUSES, require_finite
 from ..sampling import DDIMSchedule, add_noise
 from ..sampling.control import CancelCheck, ProgressCallback, report
 from .config import InflationConfig
@@ -316,7 +316,7 @@ class OneShotTuner:
 
 def tune_one_shot(model: InflatedUNet, latents: torch.Tensor, text_emb: torch.Tensor,
                   config: TuneConfig | None = None, *, checkpoint_path: str | None = None,
-                  resume: bool = False, callback: ProgressCallback | None = None,
+                  resume: bool | str = False, callback: ProgressCallback | None = None,
                   should_cancel: CancelCheck | None = None,
                   schedule: DDIMSchedule | None = None) -> TuneResult:
     """Tune ``model`` in place on one video (EI² §4.1, §5).
@@ -329,14 +329,20 @@ def tune_one_shot(model: InflatedUNet, latents: torch.Tensor, text_emb: torch.Te
     last step they are converged (``FINAL_POWER_ITERATIONS``).
 
     Checkpoints (``checkpoint_path``, every ``config.checkpoint_every`` steps, and when
-    ``callback`` raises) hold everything needed to continue bit-identically: ``resume`` picks a
-    checkpoint up if it exists (same settings required; ``steps`` may grow). Runs with autograd
+    ``callback`` raises) hold everything needed to continue bit-identically: ``resume`` True
+    continues the checkpoint and refuses to start when there is none (naming where it looked);
+    ``"if_present"`` continues one if it exists (same settings required; ``steps`` may grow). Runs with autograd
     on, outside inference mode, whatever the caller's mode.
     """
     config = (config or TuneConfig()).validate()
     with torch.inference_mode(False), torch.enable_grad():
         tuner = OneShotTuner(model, latents, text_emb, config, schedule)
         start = 0
+        if resume not in (False, True, "if_present"):
+            raise ValueError(f"resume: expected False, True or 'if_present', got {resume!r}")
+        if resume is True and not (checkpoint_path and os.path.isfile(checkpoint_path)):
+            raise FileNotFoundError(f"resume: no checkpoint to continue at {checkpoint_path!r}; start a new run "
+                                    "(resume off) or name the run whose checkpoint exists")
         if resume and checkpoint_path and os.path.isfile(checkpoint_path):
             start = tuner.load_checkpoint(checkpoint_path)
         last_saved = start if start else -1
@@ -427,6 +433,27 @@ def read_tuned_weights(path: str | os.PathLike) -> TunedWeights:
                         train_info=info, base=base, source=path)
 
 
+def check_tuned_base(tuned: TunedWeights, unet, backbone_name: str | None = None) -> None:
+    """Refuse EI² weights tuned on another backbone: the base fingerprint stored in the file
+    (architecture + a checksum of ``conv_in``) against the backbone they are loaded onto. Files
+    written before the fingerprint existed (no ``fdd_ei2_base``) are let through."""
+    if not tuned.base:
+        return
+    now = base_fingerprint(unet)
+    diffs = []
+    for key in ("class", "block_out_channels", "cross_attention_dim"):
+        if key in tuned.base and tuned.base[key] != now.get(key):
+            diffs.append(f"{key} {tuned.base[key]} vs {now.get(key)}")
+    a, b = tuned.base.get("conv_in_sum"), now.get("conv_in_sum")
+    if a is not None and b is not None and abs(a - b) > 1e-3 * max(1.0, abs(a)):
+        diffs.append(f"conv_in checksum {a} vs {b} (other weights)")
+    if diffs:
+        where = f" '{backbone_name}'" if backbone_name else ""
+        raise ModelLoadError(tuned.source or None, f"these EI² weights were tuned on another backbone than"
+                             f"{where}: " + "; ".join(diffs) + ".",
+                             "the backbone (and LoRAs) the weights were tuned on")
+
+
 def loss_summary(history: list[float]) -> str:
     if not history:
         return "no steps"
@@ -445,6 +472,7 @@ __all__ = [
     "diffusion_loss",
     "loss_summary",
     "read_tuned_weights",
+    "check_tuned_base",
     "save_checkpoint",
     "save_tuned_weights",
     "tune_one_shot",
