@@ -279,10 +279,12 @@ class EI2SaveTuned(PackNode):
     def execute(cls, ei2_model: EI2ModelHandle, filename_prefix="ei2_tuned") -> io.NodeOutput:
         if ei2_model.tuned is None:
             raise ValueError("ei2_model: this model is not tuned yet; connect 'FDD EI² One-shot Tune' first")
-        root = os.path.abspath(ei2_folder())
+        root = os.path.realpath(ei2_folder())
+        os.makedirs(root, exist_ok=True)
         prefix = (filename_prefix or "ei2_tuned").strip().replace("\\", "/")
-        target_dir = os.path.abspath(os.path.join(root, os.path.dirname(prefix)))
-        if os.path.commonpath([root, target_dir]) != root:
+        sub = os.path.dirname(prefix)
+        target_dir = rt.inside(root, sub) if sub else root  # realpath: a link inside cannot point out
+        if target_dir is None:
             raise ValueError(f"filename_prefix: {filename_prefix!r} points outside models/{FOLDER}")
         base = os.path.basename(prefix) or "ei2_tuned"
         os.makedirs(target_dir, exist_ok=True)

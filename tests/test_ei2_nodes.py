@@ -82,6 +82,12 @@ def test_inflate_tune_save_load_edit(comfy_pack, backbone, ei2_dir):
                 filename_prefix="tests/ei2").result[0] == "tests/ei2_00002.safetensors"
     with pytest.raises(ValueError, match="filename_prefix"):
         _run(comfy_pack["FDD_EI2SaveTuned"], ei2_model=model, filename_prefix="../escape")
+    outside = os.path.join(os.path.dirname(str(ei2_dir)), "outside_ei2")
+    os.makedirs(outside, exist_ok=True)
+    os.symlink(outside, os.path.join(ei2_dir, "link_out"))  # a link inside the folder pointing out
+    with pytest.raises(ValueError, match="points outside models/fdd_ei2"):
+        _run(comfy_pack["FDD_EI2SaveTuned"], ei2_model=model, filename_prefix="link_out/ei2")
+    assert os.listdir(outside) == []
     loaded, loaded_curve = _run(comfy_pack["FDD_EI2LoadTuned"], backbone=backbone, tuned_weights=saved).result
     assert loaded.config == model.config and list(loaded.history) == list(model.history)
     assert loaded_curve.shape == (1, 256, 512, 3)
