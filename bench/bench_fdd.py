@@ -48,7 +48,7 @@ def make_trainer(k: int, ckpt: bool, phase: int, device: str = "cpu"):
 
     root = common.models_root()
     models = write_models_tree(root)
-    fdd = write_fdd_tree(root)
+    fdd = write_fdd_tree(root, models)
     paths = fdd_paths(root)
     # a dataset with 8-frame 64x64 clips (the fixture's clips are 8 frames of 32x32: scaled up)
     cfg = tiny_config(models, paths["dino"], paths["dataset"], tempfile.mkdtemp(prefix="fdd_bench_"),

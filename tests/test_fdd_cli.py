@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def fdd_tree(models_tree):
     from fdd.testing.fdd_fixtures import write_fdd_tree
 
-    return write_fdd_tree(os.path.dirname(os.path.dirname(models_tree["checkpoint"])))
+    return write_fdd_tree(os.path.dirname(os.path.dirname(models_tree["checkpoint"])), models_tree)
 
 
 def _write_config(path, models_tree, fdd_tree, out, **kw):

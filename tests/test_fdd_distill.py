@@ -20,7 +20,7 @@ def fdd_tree(models_tree):
     from fdd.testing.fdd_fixtures import write_fdd_tree
 
     root = os.path.dirname(os.path.dirname(models_tree["checkpoint"]))
-    return write_fdd_tree(root)
+    return write_fdd_tree(root, models_tree)
 
 
 @pytest.fixture(scope="module")

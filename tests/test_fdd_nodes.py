@@ -25,7 +25,7 @@ def fdd_pack(comfy_pack, models_tree, tmp_path_factory):
     from fdd.testing.fdd_fixtures import write_fdd_tree
 
     root = os.path.dirname(os.path.dirname(models_tree["checkpoint"]))
-    paths = write_fdd_tree(root)
+    paths = write_fdd_tree(root, models_tree)
     folder_paths.add_model_folder_path("dinov2", os.path.dirname(paths["dino"]))
     folder_paths.add_model_folder_path("fdd_datasets", os.path.dirname(paths["dataset"]))
     old = folder_paths.get_output_directory()

@@ -15,7 +15,7 @@ from fdd.models.controlnet import check_controlnet_matches_unet, load_controlnet
 from fdd.models.errors import ModelLoadError
 from fdd.models.sd1 import SD1Backbone, load_sd1, load_sd1_checkpoint
 from fdd.models.state_dict import read_state_dict, save_safetensors_atomic
-from fdd.testing import ldm_formats as L
+from fdd.models import ldm_formats as L
 from fdd.testing.tiny import (tiny_controlnet, tiny_text_encoder, tiny_unet, tiny_vae,
                               write_tiny_tokenizer)
 

@@ -26,7 +26,7 @@ from fdd.models.state_dict import (
     save_safetensors_atomic,
 )
 from fdd.models.t2v import load_t2v_unet
-from fdd.testing.motion_formats import adapter_to_original, save_animatediff_original
+from fdd.models.motion_formats import adapter_to_original, save_animatediff_original
 from fdd.testing.tiny import (
     CROSS_DIM,
     tiny_motion_adapter,

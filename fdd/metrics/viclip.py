@@ -225,15 +225,26 @@ def _find_weights(folder: str) -> str:
     return os.path.join(folder, (pref or files)[0])
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte -> printable unicode character table (a published, fixed mapping)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
 def _bpe_gz_to_files(gz_path: str, out_dir: str) -> str:
     """Convert the reference tokenizer's ``bpe_simple_vocab_16e6.txt.gz`` into vocab.json +
     merges.txt (the same construction as the reference SimpleTokenizer)."""
-    from ..testing.tiny import _bytes_to_unicode
-
     with gzip.open(gz_path, "rt", encoding="utf-8") as fh:
         merges = fh.read().split("\n")[1:49152 - 256 - 2 + 1]
     pairs = [tuple(m.split()) for m in merges if len(m.split()) == 2]
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(p) for p in pairs] + \
         ["<|startoftext|>", "<|endoftext|>"]
     os.makedirs(out_dir, exist_ok=True)

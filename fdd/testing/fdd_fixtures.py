@@ -2,7 +2,7 @@
 unsupervised editing dataset (clips + JSON Lines / CSV manifest), a tiny alignment config and
 an aligned LoRA produced by the real trainer.
 
-    write_fdd_tree(models_root)   # after fdd.testing.models_tree.write_models_tree(models_root)
+    write_fdd_tree(models_root, models)   # models = fdd.testing.models_tree.write_models_tree(models_root)
 
 adds to the ComfyUI models tree::
 
@@ -151,16 +151,15 @@ def tiny_config(models: dict, dino: str, dataset: str, output_dir: str, **overri
     return FDDConfig(**kw).validate()
 
 
-def write_tiny_aligned_lora(models_root: str | os.PathLike, models: dict | None = None) -> str:
-    """Run a 2-iteration FDD alignment (1 SDS + 1 adversarial) on the tiny tree and export its
-    LoRA to ``loras/fdd_eve_aligned_tiny.safetensors`` (what the EVE workflow loads)."""
+def write_tiny_aligned_lora(models_root: str | os.PathLike, models: dict) -> str:
+    """Run a 2-iteration FDD alignment (1 SDS + 1 adversarial) on the tiny tree (``models``: its
+    paths, :func:`fdd.testing.models_tree.model_paths`) and export its LoRA to
+    ``loras/fdd_eve_aligned_tiny.safetensors`` (what the EVE workflow loads)."""
     import tempfile
 
     from ..distill.trainer import train
-    from .models_tree import model_paths
 
     root = os.fspath(models_root)
-    models = models or model_paths(root)
     paths = fdd_paths(root)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = tiny_config(models, paths["dino"], paths["dataset"], tmp, lora_name="aligned.safetensors",
@@ -171,9 +170,10 @@ def write_tiny_aligned_lora(models_root: str | os.PathLike, models: dict | None 
     return paths["aligned_lora"]
 
 
-def write_fdd_tree(models_root: str | os.PathLike, force: bool = False) -> dict[str, str]:
+def write_fdd_tree(models_root: str | os.PathLike, models: dict, force: bool = False) -> dict[str, str]:
     """Add the FDD fixtures (DINOv2 folder, dataset, aligned LoRA) to a tiny models tree that
-    :func:`~fdd.testing.models_tree.write_models_tree` already wrote. Skipped when present."""
+    :func:`~fdd.testing.models_tree.write_models_tree` already wrote (``models``: its paths).
+    Skipped when present."""
     root = os.fspath(models_root)
     paths = fdd_paths(root)
     stamp = os.path.join(root, _STAMP)
@@ -183,28 +183,7 @@ def write_fdd_tree(models_root: str | os.PathLike, force: bool = False) -> dict[
     write_tiny_dinov2(paths["dino"])
     shutil.rmtree(paths["dataset"], ignore_errors=True)
     write_tiny_dataset(paths["dataset"], num_clips=3, frames=8, size=32)
-    write_tiny_aligned_lora(root)
+    write_tiny_aligned_lora(root, models)
     with open(stamp, "w") as fh:
         fh.write("ok\n")
     return paths
-
-
-def main(argv=None) -> int:
-    """``python -m fdd.testing.fdd_fixtures --root .models/tiny``: the tiny models tree plus the
-    FDD fixtures (what ``configs/fdd_tiny.json`` points to)."""
-    import argparse
-
-    from .models_tree import write_models_tree
-
-    ap = argparse.ArgumentParser(prog="python -m fdd.testing.fdd_fixtures", description=main.__doc__)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--force", action="store_true")
-    a = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for k, p in {**write_models_tree(a.root, force=a.force), **write_fdd_tree(a.root, force=a.force)}.items():
-        print(f"{k}: {p}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

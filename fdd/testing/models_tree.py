@@ -72,8 +72,8 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
     """Write the tiny models tree under ``root`` (skipped when already written with this
     version, unless ``force``). Returns the paths by kind (see :data:`FILES`)."""
     from ..models.lora import save_kohya_lora
-    from .ldm_formats import save_ldm_controlnet, save_ldm_sd1_checkpoint
-    from .motion_formats import save_animatediff_original
+    from ..models.ldm_formats import save_ldm_controlnet, save_ldm_sd1_checkpoint
+    from ..models.motion_formats import save_animatediff_original
 
     root = os.fspath(root)
     paths = model_paths(root)
@@ -81,7 +81,7 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
     if not force and os.path.isfile(stamp) and all(os.path.exists(p) for p in paths.values()):
         from .fdd_fixtures import write_fdd_tree
 
-        write_fdd_tree(root)  # idempotent, own stamp
+        write_fdd_tree(root, paths)  # idempotent, own stamp
         return paths
     for key, path in paths.items():
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -128,7 +128,7 @@ def write_models_tree(root: str | os.PathLike, seed: int = 0, force: bool = Fals
     write_metric_models(os.path.join(root, "fdd_metrics"), seed)
     from .fdd_fixtures import write_fdd_tree
 
-    write_fdd_tree(root, force=force)  # needs the checkpoint, ControlNet, motion module, tokenizer
+    write_fdd_tree(root, paths, force=force)  # needs the checkpoint, ControlNet, motion module, tokenizer
     with open(stamp, "w") as fh:
         fh.write("ok\n")
     return paths

@@ -215,8 +215,8 @@ def write_realsize_tree(root: str | os.PathLike, scale: str = "full", device="cp
     with the dtypes, parameter counts, file sizes and seconds taken."""
     from ..models.state_dict import save_safetensors_atomic  # noqa: F401  (import check)
     from .fdd_fixtures import write_manifest
-    from .ldm_formats import save_ldm_controlnet, save_ldm_sd1_checkpoint
-    from .motion_formats import save_animatediff_original
+    from ..models.ldm_formats import save_ldm_controlnet, save_ldm_sd1_checkpoint
+    from ..models.motion_formats import save_animatediff_original
     from .tiny import write_tiny_tokenizer
 
     root = os.fspath(root)

@@ -128,19 +128,6 @@ def tiny_unet3d(seed: int = 0):
     ).eval()
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable unicode character table (a published, fixed mapping)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def write_tiny_tokenizer(folder: str | os.PathLike) -> str:
     """Write a character-level CLIP BPE tokenizer folder (vocab.json + merges.txt, no merges).
 
@@ -150,7 +137,9 @@ def write_tiny_tokenizer(folder: str | os.PathLike) -> str:
     """
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    from ..metrics.viclip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)

@@ -1144,7 +1144,7 @@ def export_backbone(out: str, dtype: torch.dtype = torch.float32, dest: str | No
     """LDM single file (UNet + VAE + text encoder) at ``dest`` (default ``export/toy_sd1.safetensors``,
     beside ``export/tokenizer/``); load it with ``fdd.models.sd1.load_sd1(path, tokenizer=...)``
     or ship the tokenizer as ``NAME_tokenizer/`` beside it (:func:`fdd.models.sd1.companion_tokenizer`)."""
-    from fdd.testing.ldm_formats import save_ldm_sd1_checkpoint
+    from fdd.models.ldm_formats import save_ldm_sd1_checkpoint
 
     kit = Toolkit(out)
     return save_ldm_sd1_checkpoint(_dest(out, dest, EXPORT["backbone"]), kit.unet, kit.vae, kit.te, dtype=dtype)
@@ -1188,7 +1188,7 @@ def export_backbone_diffusers(out: str, dtype: torch.dtype = torch.float32, dest
 
 
 def export_controlnet(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
-    from fdd.testing.ldm_formats import save_ldm_controlnet
+    from fdd.models.ldm_formats import save_ldm_controlnet
 
     cn = make_controlnet(make_unet(0))
     cn.load_state_dict(_final_weights(out, "controlnet"))
@@ -1196,7 +1196,7 @@ def export_controlnet(out: str, dtype: torch.dtype = torch.float32, dest: str | 
 
 
 def export_motion(out: str, dtype: torch.dtype = torch.float32, dest: str | None = None) -> str:
-    from fdd.testing.motion_formats import save_animatediff_original
+    from fdd.models.motion_formats import save_animatediff_original
 
     ad = make_motion_adapter(0)
     ad.load_state_dict(_final_weights(out, "motion"))

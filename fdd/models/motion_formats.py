@@ -55,7 +55,7 @@ def save_animatediff_original(path: str | os.PathLike, adapter) -> str:
     """Save ``adapter`` as an original AnimateDiff file: ``.safetensors`` by extension, else a
     ``torch.save`` pickle of a plain ``{key: tensor}`` dict (readable with ``weights_only=True``,
     like ``mm_sd_v15_v2.ckpt``)."""
-    from fdd.models.state_dict import save_safetensors_atomic
+    from .state_dict import save_safetensors_atomic
 
     path = os.fspath(path)
     sd = adapter_to_original(adapter)

@@ -1,9 +1,9 @@
-"""diffusers -> original LDM / ControlNet key converters, for writing real-format test fixtures.
+"""diffusers -> original LDM / ControlNet key converters: the writers of the real single-file
+formats (an SD 1.x ``.safetensors`` / ``.ckpt`` checkpoint, ``control_v11*_sd15_*.safetensors``)
+that ``python -m fdd.toy ship`` exports and the test fixtures (``fdd.testing``) are built on.
 
-diffusers ships only the LDM -> diffusers direction (``diffusers.loaders.single_file_utils``).
-Tests, benches and demos need tiny files in the layout real downloads have (an SD 1.x
-``.safetensors`` / ``.ckpt`` single file, ``control_v11*_sd15_*.safetensors``), so this module
-writes the inverse mapping. Everything is derived from the module itself (number of levels,
+diffusers ships only the LDM -> diffusers direction (``diffusers.loaders.single_file_utils``), so
+this module writes the inverse mapping. Everything is derived from the module itself (number of levels,
 resnets per level, which levels carry attention, hint-block depth), so it works for the tiny
 2-level models and for a real 4-level SD 1.5 alike.
 
@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from fdd.models.state_dict import save_safetensors_atomic
+from .state_dict import save_safetensors_atomic
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
