@@ -248,3 +248,31 @@ def progress_callback(total: int):
 
     return cb
 
+
+# --------------------------------------------------------------------------------------------
+# the video-edit stack shared by the sampling nodes
+
+_STACKS: dict = {}
+_STACKS_LOCK = threading.Lock()
+
+
+def get_stack(backbone, edit, video):
+    """The ``VideoEditStack`` for a ``BackboneHandle`` and optional edit / video ``AdapterHandle``:
+    one per (backbone, video adapter) so the motion UNet is built once; the edit adapter and the
+    backbone's LoRAs are set per call."""
+    from ..fdd.pipelines import VideoEditStack
+
+    key = (id(backbone.backbone), id(video.module) if video else None)
+    with _STACKS_LOCK:
+        stack = _STACKS.get(key)
+        if stack is None or stack.backbone is not backbone.backbone:
+            stack = VideoEditStack(backbone.backbone, motion_adapter=video.module if video else None,
+                                   motion_source=video.path if video else "")
+            # keep only the latest few stacks: each holds a copy of the UNet weights
+            while len(_STACKS) >= 2:
+                _STACKS.pop(next(iter(_STACKS)))
+            _STACKS[key] = stack
+    stack.controlnet = edit.module if edit else None
+    stack.controlnet_source = edit.path if edit else ""
+    stack.loras = [(lora, strength) for lora, strength, _ in backbone.loras]
+    return stack

@@ -8,13 +8,11 @@ import numpy as np
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..fdd.assd import ASSDConfig, ImagePrior, assd_edit, load_t2v_folder_parts, motion_models, preview_strip, t2v_models
-from ..fdd.assd.gradients import MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES
-from ..fdd.assd.models import backbone_lora_patchers
+from ..fdd.assd import (MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES, ASSDConfig, ImagePrior, assd_edit,
+                        backbone_lora_patchers, load_t2v_folder_parts, motion_models, preview_strip, t2v_models)
 from ..fdd.video import check_clip
 from . import _runtime as rt
 from ._inputs import PackNode
-from .plug_and_play import get_stack
 from .types import AdapterHandle, Backbone, BackboneHandle, T2VUNet, VideoAdapter
 
 CATEGORY = "video edit (fdd)/assd"
@@ -34,7 +32,7 @@ def _models(t2v_unet: AdapterHandle | None, backbone: BackboneHandle | None, vid
         if bb is None:
             raise ValueError("video_adapter: the AnimateDiff prior needs a backbone (SD 1.x) to stack on; "
                              "connect 'backbone'")
-        stack = get_stack(backbone, None, video_adapter)
+        stack = rt.get_stack(backbone, None, video_adapter)
         return motion_models(bb, stack.motion_unet, source=video_adapter.path), stack.motion_unet
     raise ValueError("t2v_unet: no video prior; connect a text-to-video UNet3D ('FDD Load Text-to-Video "
                      "UNet3D'), or a backbone plus a video adapter (SD 1.x + AnimateDiff)")

@@ -34,9 +34,7 @@ from ..fdd.ei2.config import (
     TEMPORAL_NORMS,
     TEMPORAL_POSITIONS,
 )
-from ..fdd.ei2 import check_tuned_base
-from ..fdd.ei2.inflate import base_fingerprint
-from ..fdd.ei2.tune import MIXED_PRECISION
+from ..fdd.ei2 import MIXED_PRECISION, base_fingerprint, check_tuned_base
 from . import _runtime as rt
 from ._inputs import PackNode
 from .types import Backbone, BackboneHandle

@@ -8,7 +8,6 @@ from ..fdd.distill.eve import EVEConfig, eve_edit
 from ..fdd.pipelines import denoise_steps
 from . import _runtime as rt
 from ._inputs import PackNode
-from .plug_and_play import get_stack
 from .types import Backbone, BackboneHandle, EditAdapter, VideoAdapter
 
 CATEGORY = "video edit (fdd)/sampling"
@@ -91,7 +90,7 @@ class EVEVideoEdit(PackNode):
                            negative_prompt=negative_prompt, first_frame=first_frame,
                            first_frame_steps=first_frame_steps, first_frame_cfg=first_frame_cfg,
                            first_frame_image_cfg=first_frame_image_cfg, denoise=denoise)
-        stack = get_stack(backbone, edit_adapter, video_adapter)
+        stack = rt.get_stack(backbone, edit_adapter, video_adapter)
         caption = output_caption.strip() or instruction
         modules = stack.modules() + [stack.backbone.unet]  # the first-frame edit runs the plain 2-D UNet
         with rt.on_compute_device(modules):

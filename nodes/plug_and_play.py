@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-
 from comfy_api.v0_0_2 import io
 
-from ..fdd.pipelines import PlugAndPlayConfig, VideoEditStack, denoise_steps, plug_and_play_edit
+from ..fdd.pipelines import PlugAndPlayConfig, denoise_steps, plug_and_play_edit
 from . import _runtime as rt
 from ._inputs import PackNode
-from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, VideoAdapter
+from .types import Backbone, EditAdapter, VideoAdapter
 
 CATEGORY = "video edit (fdd)/sampling"
-
-_STACKS: dict = {}
-_STACKS_LOCK = threading.Lock()
-
-
-def get_stack(backbone: BackboneHandle, edit: AdapterHandle | None, video: AdapterHandle | None) -> VideoEditStack:
-    """One VideoEditStack per (backbone, video adapter) so the motion UNet is built once;
-    the edit adapter and LoRAs are set per call."""
-    key = (id(backbone.backbone), id(video.module) if video else None)
-    with _STACKS_LOCK:
-        stack = _STACKS.get(key)
-        if stack is None or stack.backbone is not backbone.backbone:
-            stack = VideoEditStack(backbone.backbone, motion_adapter=video.module if video else None,
-                                   motion_source=video.path if video else "")
-            # keep only the latest few stacks: each holds a copy of the UNet weights
-            while len(_STACKS) >= 2:
-                _STACKS.pop(next(iter(_STACKS)))
-            _STACKS[key] = stack
-    stack.controlnet = edit.module if edit else None
-    stack.controlnet_source = edit.path if edit else ""
-    stack.loras = [(lora, strength) for lora, strength, _ in backbone.loras]
-    return stack
-
 
 class PlugAndPlayVideoEdit(PackNode):
     @classmethod
@@ -96,7 +71,7 @@ class PlugAndPlayVideoEdit(PackNode):
                                    control_strength=control_strength, seed=seed,
                                    context_frames=context_frames, context_overlap=context_overlap,
                                    denoise=denoise, negative_prompt=negative_prompt)
-        stack = get_stack(backbone, edit_adapter, video_adapter)
+        stack = rt.get_stack(backbone, edit_adapter, video_adapter)
         caption = output_caption.strip() or instruction
         total = denoise_steps(steps, denoise)
         with rt.on_compute_device(stack.modules()):

@@ -37,6 +37,7 @@ from .ffam import (
 )
 from .inflate import (
     InflatedUNet,
+    base_fingerprint,
     detached_copy,
     inflate_unet,
     is_tuned_name,
@@ -48,6 +49,7 @@ from .pipeline import build_model, ei2_edit, ei2_tune, encode_text, prepare_vide
 from .plot import render_loss_curve
 from .stam import SNLinear, TemporalModule, instance_centering, spectral_normalize
 from .tune import (
+    MIXED_PRECISION,
     OneShotTuner,
     TuneConfig,
     TunedWeights,
@@ -61,6 +63,8 @@ from .tune import (
 )
 
 __all__ = [
+    "MIXED_PRECISION",
+    "base_fingerprint",
     "EI2SelfAttnProcessor",
     "EditConfig",
     "FrameState",
