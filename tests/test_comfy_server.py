@@ -193,3 +193,24 @@ def test_comfy_cli_runs_the_ui_workflow(server, tmp_path):
     assert len(new) == 1, r.stdout[-2000:]
     assert new[0]["status"]["status_str"] == "success"
     assert {v["class_type"] for v in new[0]["prompt"][2].values()} >= {"FDD_PlugAndPlayVideoEdit"}
+
+
+@pytest.mark.parametrize("backbone,controlnet", [
+    ("v1-5-pruned-emaonly.safetensors", "toy_controlnet_edit.safetensors"),
+    ("toy_sd1.safetensors", "control_v11e_sd15_ip2p.safetensors"),
+], ids=["sd15-backbone+toy-adapter", "toy-backbone+sd15-adapter"])
+def test_a_mismatched_model_pair_fails_naming_both_files_and_the_server_keeps_serving(server, backbone,
+                                                                                       controlnet):
+    """Before: 'The size of tensor a (8) must match the size of tensor b (16)' from inside
+    diffusers. Now the sampler refuses the pair before any step, naming both files."""
+    prompt = _load(os.path.join(ROOT, "workflows", "api", "fdd_toy_plug_and_play_video_edit.json"))
+    loaders = {v["class_type"]: k for k, v in prompt.items()}
+    prompt[loaders["FDD_LoadBackbone"]]["inputs"]["ckpt_name"] = backbone
+    prompt[loaders["FDD_LoadEditAdapter"]]["inputs"]["controlnet_name"] = controlnet
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "error"
+    err = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
+    msg = err["exception_message"]
+    assert err["node_type"] == "FDD_PlugAndPlayVideoEdit"
+    assert controlnet in msg and backbone in msg and "does not match the backbone" in msg, msg
+    assert server.get("/system_stats")["system"]
