@@ -274,5 +274,5 @@ def get_stack(backbone, edit, video):
             _STACKS[key] = stack
     stack.controlnet = edit.module if edit else None
     stack.controlnet_source = edit.path if edit else ""
-    stack.loras = [(lora, strength) for lora, strength, _ in backbone.loras]
+    stack.loras = backbone.lora_stack
     return stack

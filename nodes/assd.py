@@ -192,7 +192,7 @@ class ASSDOptimize(PackNode):
         previews: list[torch.Tensor] = []
         with rt.on_compute_device(mods), contextlib.ExitStack() as patches:
             if backbone is not None and backbone.loras:
-                loras = [(lora, strength) for lora, strength, _ in backbone.loras]
+                loras = backbone.lora_stack
                 te_used = any(m is backbone.backbone.text_encoder for m in mods)
                 for p in backbone_lora_patchers(loras, backbone.backbone, motion_unet=motion_unet,
                                                 image=image is not None, text_in_use=te_used):

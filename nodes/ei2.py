@@ -60,7 +60,7 @@ class EI2ModelHandle:
 
     @property
     def loras(self) -> list:
-        return [(lora, strength) for lora, strength, _ in self.backbone.loras]
+        return self.backbone.lora_stack
 
     def get_module(self):
         if self.module is None:
@@ -292,7 +292,7 @@ class EI2SaveTuned(PackNode):
             counter += 1
         path = os.path.join(target_dir, f"{base}_{counter:05d}.safetensors")
         info = dict(ei2_model.info, backbone=ei2_model.backbone.name,
-                    loras=[n for _, _, n in ei2_model.backbone.loras])
+                    loras=ei2_model.backbone.lora_names)
         write_tuned_weights(path, ei2_model.tuned, ei2_model.config, base_fingerprint(ei2_model.backbone.backbone.unet),
                             list(ei2_model.history), info)
         rel = os.path.relpath(path, root).replace(os.sep, "/")

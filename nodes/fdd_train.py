@@ -241,7 +241,7 @@ class FDDAlign(PackNode):
             lora_file += ".safetensors"
         ds = dataset.dataset
         video = video_adapter is not None
-        teacher_loras = [(lw, s) for lw, s, _ in backbone.loras]
+        teacher_loras = backbone.lora_stack
         if not video and not teacher_loras:
             raise ValueError("video_adapter: connect a video adapter (edit+video), or stack a subject / style LoRA "
                              "on the backbone for the edit+LoRA combination (§4.4)")
@@ -257,7 +257,7 @@ class FDDAlign(PackNode):
             backbone=backbone.backbone.source or backbone.name, controlnet=edit_adapter.path, dino=dino.path,
             motion_module=video_adapter.path if video else None, dataset=ds.folder, manifest=ds.manifest,
             combination="edit+video" if video else "edit+lora",
-            teacher_lora=None if video else ",".join(n for _, _, n in backbone.loras),
+            teacher_lora=None if video else ",".join(backbone.lora_names),
             num_frames=ds.num_frames, height=ds.height, width=ds.width, frame_stride=ds.frame_stride,
             iterations_sds=sds_iterations if use_sds else 0,
             iterations_adv=iterations - (sds_iterations if use_sds else 0), global_batch=global_batch,

@@ -28,6 +28,15 @@ class BackboneHandle:
     def with_lora(self, lora, strength: float, name: str) -> "BackboneHandle":
         return replace(self, loras=self.loras + ((lora, float(strength), name),))
 
+    @property
+    def lora_stack(self) -> list:
+        """The ordered ``(LoraWeights, strength)`` pairs the engine takes (``fdd.models.lora``)."""
+        return [(lora, strength) for lora, strength, _ in self.loras]
+
+    @property
+    def lora_names(self) -> list[str]:
+        return [name for _, _, name in self.loras]
+
 
 @dataclass(frozen=True)
 class AdapterHandle:
