@@ -32,12 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..pipelines.common import encode_prompts
-from ..pipelines.plug_and_play import PlugAndPlayConfig, make_edit_eps_fn, plug_and_play_edit, start_latents
+from ..pipelines.plug_and_play import PlugAndPlayConfig, edit_video, plug_and_play_edit
 from ..pipelines.stack import VideoEditStack
-from ..sampling import DDIMSchedule, ddim_sample
+from ..sampling import DDIMSchedule
 from ..sampling.control import CancelCheck, ProgressCallback
-from ..video import decode_video, frames_to_pixels, pixels_to_frames, prepare_frames, resize_pixels, vae_encode
+from ..video import frames_to_pixels, pixels_to_frames, vae_encode
 
 
 @dataclass
@@ -88,36 +87,24 @@ def edit_first_frame(stack: VideoEditStack, frames: torch.Tensor, instruction: s
     return plug_and_play_edit(teacher, frames[:1], instruction, caption, pcfg, should_cancel=should_cancel)
 
 
-@torch.no_grad()
 def eve_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
              config: EVEConfig | None = None, *, callback: ProgressCallback | None = None,
              should_cancel: CancelCheck | None = None, return_latents: bool = False):
     """Edit ``frames`` (IMAGE ``[F, H, W, 3]`` 0..1) with the aligned stack (``stack.loras``
-    holding θ_align). Returns edited frames of the same shape (and the final latents
-    ``(1, C, F, h, w)`` with ``return_latents``)."""
+    holding θ_align): the plug-and-play sampler (:func:`fdd.pipelines.plug_and_play.edit_video`)
+    with the first frame anchored to the edit teacher's image edit when ``first_frame`` is
+    "edit". Returns edited frames of the same shape (and the final latents ``(1, C, F, h, w)``
+    with ``return_latents``)."""
     cfg = config or EVEConfig()
     cfg.validate()
-    stack.check_compatible()
-    bb = stack.backbone
-    device, dtype = stack.device, stack.dtype
-    pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)
-    schedule = DDIMSchedule()
-    anchor = None
-    if cfg.first_frame == "edit" and stack.controlnet is not None:
+
+    def first_frame_anchor(pixels, schedule):
+        if cfg.first_frame != "edit" or stack.controlnet is None:
+            return None
+        bb = stack.backbone
         first = edit_first_frame(stack, pixels_to_frames(pixels[:1]), instruction, caption, cfg, should_cancel)
-        anchor = vae_encode(bb.vae, frames_to_pixels(first).to(device), bb.scaling_factor)[0].float()
-    with stack.applied_loras():
-        te = bb.text_encoder
-        caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)
-        instruction_emb = encode_prompts(bb.tokenizer, te, [instruction], device)
-        empty_emb = encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device)
-        control = ((pixels + 1) / 2) if stack.controlnet is not None else None
-        eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
-        if anchor is not None:
-            eps_fn = anchor_first_frame(eps_fn, anchor, schedule)
-        latents, start = start_latents(bb, pixels, (h, w), cfg.steps, cfg.denoise, cfg.seed, schedule)
-        latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start, callback=callback,
-                              should_cancel=should_cancel)
-        out = decode_video(bb.vae, latents.to(dtype), bb.scaling_factor)
-    out = pixels_to_frames(resize_pixels(out.float(), (H, W)))
-    return (out, latents) if return_latents else out
+        anchor = vae_encode(bb.vae, frames_to_pixels(first).to(pixels.device), bb.scaling_factor)[0].float()
+        return lambda eps_fn: anchor_first_frame(eps_fn, anchor, schedule)
+
+    return edit_video(stack, frames, instruction, caption, cfg, eps_hook=first_frame_anchor, callback=callback,
+                      should_cancel=should_cancel, return_latents=return_latents)

@@ -12,7 +12,7 @@ adapter with its frame. Clips longer than ``context_frames`` go through overlapp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -151,7 +151,45 @@ def start_latents(bb, pixels: torch.Tensor, size: tuple[int, int], steps: int, d
     return add_noise(src, noise, schedule.alpha_bar(t0)), start
 
 
+#: ``hook(pixels [F, 3, h, w] on the device, schedule)`` -> a wrapper of the noise function (or None),
+#: computed before the stack's LoRAs are applied (EVE's first-frame anchor is one)
+EpsHook = Callable[[torch.Tensor, DDIMSchedule], Optional[Callable]]
+
+
 @torch.no_grad()
+def edit_video(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
+               cfg: PlugAndPlayConfig, *, eps_hook: EpsHook | None = None,
+               callback: ProgressCallback | None = None, should_cancel: CancelCheck | None = None,
+               return_latents: bool = False):
+    """The one sampler of the EVE stack: frames at the size the UNet accepts, prompts encoded with
+    the stack's LoRAs applied, guidance and windows (:func:`make_edit_eps_fn`), optionally wrapped
+    by ``eps_hook`` (EVE's first-frame anchor), DDIM from noise or the noised input
+    (:func:`start_latents`), decoded and resized back. Returns IMAGE frames of the input's shape
+    (and the final latents ``(1, C, F, h, w)`` with ``return_latents``)."""
+    cfg.validate()
+    stack.check_compatible()
+    bb = stack.backbone
+    device, dtype = stack.device, stack.dtype
+    pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)
+    schedule = DDIMSchedule()
+    wrap = eps_hook(pixels, schedule) if eps_hook is not None else None
+    with stack.applied_loras():
+        te = bb.text_encoder
+        caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)
+        instruction_emb = encode_prompts(bb.tokenizer, te, [instruction], device)
+        empty_emb = encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device)
+        control = ((pixels + 1) / 2) if stack.controlnet is not None else None
+        eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
+        if wrap is not None:
+            eps_fn = wrap(eps_fn)
+        latents, start = start_latents(bb, pixels, (h, w), cfg.steps, cfg.denoise, cfg.seed, schedule)
+        latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start,
+                              callback=callback, should_cancel=should_cancel)
+        out = decode_video(bb.vae, latents.to(dtype), bb.scaling_factor)
+    out = pixels_to_frames(resize_pixels(out.float(), (H, W)))
+    return (out, latents) if return_latents else out
+
+
 def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
                        config: PlugAndPlayConfig | None = None, *,
                        callback: ProgressCallback | None = None,
@@ -163,23 +201,5 @@ def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction:
     back. With ``denoise`` < 1 sampling starts from the input video's latent noised to the
     matching timestep (SDEdit) instead of pure noise.
     """
-    cfg = config or PlugAndPlayConfig()
-    cfg.validate()
-    stack.check_compatible()
-    bb = stack.backbone
-    device, dtype = stack.device, stack.dtype
-    pixels, (_, H, W), (h, w) = prepare_frames(bb, frames, device)
-    with stack.applied_loras():
-        te = bb.text_encoder
-        caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)
-        instruction_emb = encode_prompts(bb.tokenizer, te, [instruction], device)
-        empty_emb = encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device)
-        control = ((pixels + 1) / 2) if stack.controlnet is not None else None
-        eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
-        schedule = DDIMSchedule()
-        latents, start = start_latents(bb, pixels, (h, w), cfg.steps, cfg.denoise, cfg.seed, schedule)
-        latents = ddim_sample(eps_fn, latents, schedule, cfg.steps, start_step=start,
-                              callback=callback, should_cancel=should_cancel)
-        out = decode_video(bb.vae, latents.to(dtype), bb.scaling_factor)
-    out = resize_pixels(out.float(), (H, W))
-    return pixels_to_frames(out)
+    return edit_video(stack, frames, instruction, caption, config or PlugAndPlayConfig(),
+                      callback=callback, should_cancel=should_cancel)
