@@ -238,7 +238,7 @@ def edit_clip(models, z_src: torch.Tensor, size: tuple[int, int], source: str, t
 def to_frames(models, z: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """Latent ``(1, C, F, h, w)`` -> frames ``[F, H, W, 3]`` in 0..1 at ``size`` (as assd_edit)."""
     from fdd.assd import decode_latent
-    from fdd.pipelines.common import pixels_to_frames, resize_pixels
+    from fdd.video import pixels_to_frames, resize_pixels
 
     return pixels_to_frames(resize_pixels(decode_latent(models, z), tuple(size))).numpy()
 

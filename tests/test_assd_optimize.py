@@ -66,7 +66,7 @@ def test_same_prompt_without_fusion_leaves_the_video_unchanged(models, frames, s
         out, z = assd_edit(models, frames, "a red ball", "a red ball", cfg, return_latent=True)
         decoded = decode_latent(models, z0)
     assert torch.equal(z, z0)
-    from fdd.pipelines.common import pixels_to_frames
+    from fdd.video import pixels_to_frames
 
     assert torch.equal(out, pixels_to_frames(decoded))
     # a different target prompt does move the latent with the same settings

@@ -462,7 +462,7 @@ def test_eve_edit_first_frame_anchor_and_windows(models_tree, fdd_tree, loaded):
                               return_latents=True)
     # frame 0 ends at the edit teacher's first-frame edit (up to DDIM's last alpha_bar < 1)
     from fdd.distill.eve import edit_first_frame
-    from fdd.pipelines.common import frames_to_pixels, vae_encode
+    from fdd.video import frames_to_pixels, vae_encode
 
     first = edit_first_frame(stack, frames, "make it snowy", "a snowy scene", cfg)
     anchor = vae_encode(bb.vae, frames_to_pixels(first), bb.scaling_factor)[0]
@@ -477,7 +477,7 @@ def test_eve_edit_denoise_starts_from_the_noised_input(models_tree, fdd_tree, lo
     from fdd.distill.eve import EVEConfig, eve_edit
     from fdd.models.lora import read_lora
     from fdd.pipelines import VideoEditStack
-    from fdd.pipelines.common import frames_to_pixels, vae_encode
+    from fdd.video import frames_to_pixels, vae_encode
     from fdd.testing.clip import moving_shapes_clip
 
     bb, cn, mm = loaded[0], loaded[1], loaded[2]

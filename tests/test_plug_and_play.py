@@ -176,7 +176,7 @@ def test_branch_split_gives_the_same_edit_and_auto_falls_back_on_oom(stack, monk
 
 
 def test_vae_decode_halves_its_batch_on_oom_with_the_same_pixels(stack, monkeypatch):
-    from fdd.pipelines.common import vae_decode, vae_encode
+    from fdd.video import vae_decode, vae_encode
 
     vae = stack.backbone.vae
     lat = torch.randn(7, 4, 4, 4)

@@ -74,4 +74,7 @@ def test_scale_bench_runs_at_small_size_on_the_cpu(tmp_path):
     names = {c["name"] for c in doc["comparisons"]}
     assert {"load_resident_vs_parameter_bytes", "pnp_vs_diffusers_2branch_peak_memory_growth"} <= names
     for c in doc["comparisons"]:
-        assert c["ratio"] > 0 and abs(c["ratio"] - c["ours"] / c["baseline"]) < 1e-3 * c["ratio"]
+        # ratio = ours / baseline, rounded to 4 decimals by bench/common.comparison (CPU memory
+        # growth may be 0 or negative at this size: only the arithmetic is checked)
+        if c["baseline"]:
+            assert abs(c["ratio"] - c["ours"] / c["baseline"]) <= 0.5e-4 + 1e-9, c

@@ -16,7 +16,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..pipelines.common import encode_prompts, pixels_to_frames
+from ..pipelines.common import encode_prompts
+from ..video import pixels_to_frames
 from ..sampling.control import CancelCheck, ProgressCallback
 from .config import InflationConfig
 from ..video import decode_video, encode_video, size_multiple

@@ -1,5 +1,5 @@
-"""Prompts to embeddings. The frame / pixel / latent conversions live in :mod:`fdd.video` and the
-out-of-memory helpers in :mod:`fdd.memory`; they are re-exported here for the pipelines."""
+"""Prompts to embeddings (the frame / pixel / latent conversions live in :mod:`fdd.video`, the
+out-of-memory helpers in :mod:`fdd.memory`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ from typing import Sequence
 
 import torch
 
-from ..memory import is_out_of_memory, release_cached_memory, run_in_chunks  # noqa: F401
-from ..video import (fit_size, frames_to_pixels, pixels_to_frames, prepare_frames,  # noqa: F401
-                     resize_pixels, vae_decode, vae_encode)
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], device=None) -> torch.Tensor:

@@ -213,7 +213,6 @@ def write_realsize_tree(root: str | os.PathLike, scale: str = "full", device="cp
     inside a repository: several GB at full size). Skipped when the stamp of this ``scale`` and
     all files exist, unless ``force``. Returns the paths by kind plus ``"info"``, a JSON file
     with the dtypes, parameter counts, file sizes and seconds taken."""
-    from ..models.state_dict import save_safetensors_atomic  # noqa: F401  (import check)
     from .fdd_fixtures import write_manifest
     from ..models.ldm_formats import save_ldm_controlnet, save_ldm_sd1_checkpoint
     from ..models.motion_formats import save_animatediff_original
