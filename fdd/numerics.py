@@ -4,6 +4,8 @@ the usual causes in the message."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 #: the usual causes, per kind of loop
@@ -22,8 +24,7 @@ def require_finite(value, quantity: str, step: int | None = None, total: int | N
     """Raise :class:`NonFiniteError` when ``value`` (tensor or number) holds NaN or inf."""
     if value is None:
         return
-    finite = bool(torch.isfinite(value).all()) if torch.is_tensor(value) else \
-        bool(torch.isfinite(torch.tensor(float(value))))
+    finite = bool(torch.isfinite(value).all()) if torch.is_tensor(value) else math.isfinite(float(value))
     if finite:
         return
     where = "" if step is None else (f" at step {step}" + (f"/{total}" if total else ""))

@@ -87,3 +87,11 @@ def start_comfy_server(models_tree, tmp_path_factory, name: str, extra_args=()):
     srv.start()
     prepare_demo_inputs(srv)
     return srv
+
+
+@pytest.fixture(scope="module")
+def server(models_tree, tmp_path_factory):
+    """One real ComfyUI server per test module that asks for it (:func:`start_comfy_server`)."""
+    srv = start_comfy_server(models_tree, tmp_path_factory, "comfy")
+    yield srv
+    srv.stop()

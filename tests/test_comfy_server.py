@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import COMFY_DIR, ROOT, start_comfy_server
+from conftest import COMFY_DIR, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +23,6 @@ UI_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "example_workflows", "*.json"
                       + glob.glob(os.path.join(ROOT, "workflows", "dev", "*.json")))
 PNP_API = os.path.join(ROOT, "workflows", "api", "fdd_plug_and_play_video_edit.json")
 PNP_UI = os.path.join(ROOT, "example_workflows", "fdd_plug_and_play_video_edit.json")
-
-
-@pytest.fixture(scope="module")
-def server(models_tree, tmp_path_factory):
-    srv = start_comfy_server(models_tree, tmp_path_factory, "comfy")
-    yield srv
-    srv.stop()
 
 
 def _load(path):

@@ -4,19 +4,9 @@ or fails with an error naming the input; none succeeds silently; the server keep
 
 from __future__ import annotations
 
-
 import pytest
 
-from conftest import start_comfy_server
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def server(models_tree, tmp_path_factory):
-    srv = start_comfy_server(models_tree, tmp_path_factory, "comfy_fuzz")
-    yield srv
-    srv.stop()
 
 
 def test_every_bad_input_ends_in_an_error_that_names_it(server):

@@ -256,6 +256,18 @@ def base_fingerprint(unet: nn.Module) -> dict:
             "conv_in_sum": round(checksum, 4)}
 
 
+def base_differences(stored: dict, now: dict, rel_tol: float, scale_by_stored: bool = True) -> list[str]:
+    """What differs between two :func:`base_fingerprint` s: any architecture field, a field one
+    side lacks, or ``conv_in`` checksums further apart than ``rel_tol`` times the larger of 1 and
+    the stored (or, with ``scale_by_stored`` off, the current) checksum."""
+    diffs = [f"{k} {stored.get(k)} vs {now.get(k)}" for k in sorted(set(stored) | set(now))
+             if k != "conv_in_sum" and stored.get(k) != now.get(k)]
+    a, b = stored.get("conv_in_sum"), now.get("conv_in_sum")
+    if a is None or b is None or abs(a - b) > rel_tol * max(1.0, abs(a if scale_by_stored else b)):
+        diffs.append(f"conv_in checksum {a} vs {b} (other weights)")
+    return diffs
+
+
 def metadata_json(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 

@@ -30,6 +30,7 @@ from ..sampling.control import CancelCheck, ProgressCallback, report
 from .config import InflationConfig
 from .inflate import (
     InflatedUNet,
+    base_differences,
     base_fingerprint,
     load_tuned_state,
     set_trainable,
@@ -176,9 +177,8 @@ def _load_checkpoint(path: str, model: InflatedUNet, optimizer, names: list[str]
                              "a checkpoint written by EI² one-shot tuning")
     train = json.loads(meta[META_TRAIN])
     old_fp = train.get("fingerprint", {})
-    old_base, new_base = dict(old_fp.get("base") or {}), dict(fingerprint.get("base") or {})
-    a, b = old_base.pop("conv_in_sum", None), new_base.pop("conv_in_sum", None)
-    if old_base != new_base or a is None or b is None or abs(a - b) > 1e-2 * max(1.0, abs(b)):
+    if base_differences(dict(old_fp.get("base") or {}), dict(fingerprint.get("base") or {}), 1e-2,
+                        scale_by_stored=False):
         raise ValueError(f"resume: the checkpoint {path!r} was tuned from another backbone "
                          f"({old_fp.get('base')} vs {fingerprint.get('base')}); turn resume off or change run_name")
     for key in ("inflation", "latents_shape"):
@@ -439,14 +439,7 @@ def check_tuned_base(tuned: TunedWeights, unet, backbone_name: str | None = None
     written before the fingerprint existed (no ``fdd_ei2_base``) are let through."""
     if not tuned.base:
         return
-    now = base_fingerprint(unet)
-    diffs = []
-    for key in ("class", "block_out_channels", "cross_attention_dim"):
-        if key in tuned.base and tuned.base[key] != now.get(key):
-            diffs.append(f"{key} {tuned.base[key]} vs {now.get(key)}")
-    a, b = tuned.base.get("conv_in_sum"), now.get("conv_in_sum")
-    if a is not None and b is not None and abs(a - b) > 1e-3 * max(1.0, abs(a)):
-        diffs.append(f"conv_in checksum {a} vs {b} (other weights)")
+    diffs = base_differences(tuned.base, base_fingerprint(unet), 1e-3)
     if diffs:
         where = f" '{backbone_name}'" if backbone_name else ""
         raise ModelLoadError(tuned.source or None, f"these EI² weights were tuned on another backbone than"
