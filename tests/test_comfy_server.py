@@ -207,3 +207,62 @@ def test_a_mismatched_model_pair_fails_naming_both_files_and_the_server_keeps_se
     assert err["node_type"] == "FDD_PlugAndPlayVideoEdit"
     assert controlnet in msg and backbone in msg and "does not match the backbone" in msg, msg
     assert server.get("/system_stats")["system"]
+
+
+@pytest.mark.parametrize("backbone", ["toy_sd1.safetensors", "v1-5-pruned-emaonly.safetensors"],
+                         ids=["toy-backbone", "tiny-sd-backbone"])
+def test_a_mismatched_motion_module_fails_naming_both_files(server, models_tree, backbone):
+    """Before: a backbone with another model's motion module was accepted silently or failed
+    inside diffusers. A motion module twice as wide as both small backbones (written next to the
+    others) is refused when the motion UNet is built, naming both files. (The tiny and toy motion
+    modules share the small backbones' widths (32, 64) and are a valid pair for either.)"""
+    from diffusers import MotionAdapter
+
+    from fdd.models.motion_formats import save_animatediff_original
+
+    motion = "other_width_motion.safetensors"
+    path = os.path.join(os.path.dirname(models_tree["motion"]), motion)
+    if not os.path.exists(path):
+        save_animatediff_original(path, MotionAdapter(block_out_channels=(64, 128), motion_layers_per_block=1,
+                                                      motion_num_attention_heads=8, motion_norm_num_groups=32,
+                                                      motion_max_seq_length=32, use_motion_mid_block=False))
+    prompt = _load(os.path.join(ROOT, "workflows", "api", "fdd_toy_eve_video_edit.json"))
+    loaders = {v["class_type"]: k for k, v in prompt.items()}
+    prompt[loaders["FDD_LoadBackbone"]]["inputs"]["ckpt_name"] = backbone
+    prompt[loaders["FDD_LoadVideoAdapter"]]["inputs"]["motion_module"] = motion
+    if backbone != "toy_sd1.safetensors":  # keep the edit adapter matching the backbone
+        prompt[loaders["FDD_LoadEditAdapter"]]["inputs"]["controlnet_name"] = "control_v11e_sd15_ip2p.safetensors"
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "error"
+    err = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
+    msg = err["exception_message"]
+    assert motion in msg and backbone in msg and "do not match the backbone" in msg, msg
+    assert server.get("/system_stats")["system"]
+
+
+def test_ei2_weights_tuned_on_one_backbone_are_refused_on_another(server):
+    """Before: EI² tuned weights loaded silently onto any backbone (the stored fingerprint was
+    never checked). Tuned (2 steps) and saved on the tiny SD checkpoint, then loaded onto the toy
+    backbone: refused, naming the tuned file, the backbone and what differs (their
+    weights: both have one architecture)."""
+    prompt = _load(os.path.join(ROOT, "workflows", "api", "fdd_toy_ei2_tune_and_edit.json"))
+    ids = {v["class_type"]: k for k, v in prompt.items()}
+    keep = {ids[c] for c in ("FDD_ToyClip", "FDD_LoadBackbone", "FDD_EI2Inflate", "FDD_EI2Tune")}
+    tune = {k: v for k, v in prompt.items() if k in keep}
+    tune[ids["FDD_LoadBackbone"]]["inputs"]["ckpt_name"] = "v1-5-pruned-emaonly.safetensors"
+    tune[ids["FDD_EI2Tune"]]["inputs"].update(steps=2, run_name="")
+    tune["90"] = {"class_type": "FDD_EI2SaveTuned",
+                  "inputs": {"ei2_model": [ids["FDD_EI2Tune"], 0], "filename_prefix": "pair_check"}}
+    entry = server.wait(server.queue(tune))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    load = {"1": {"class_type": "FDD_LoadBackbone", "inputs": {"ckpt_name": "toy_sd1.safetensors"}},
+            "2": {"class_type": "FDD_EI2LoadTuned",
+                  "inputs": {"backbone": ["1", 0], "tuned_weights": "pair_check_00001.safetensors"}},
+            "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}}}
+    entry = server.wait(server.queue(load))
+    assert entry["status"]["status_str"] == "error"
+    msg = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]["exception_message"]
+    assert "pair_check_00001.safetensors" in msg and "toy_sd1.safetensors" in msg, msg
+    # the two small backbones share one architecture: the stored conv_in checksum tells them apart
+    assert "tuned on another backbone" in msg and "conv_in checksum" in msg, msg
+    assert server.get("/system_stats")["system"]

@@ -424,15 +424,32 @@ def test_lora_on_motion_unet_leaves_motion_modules(tmp_path, unet, peft_unet):
     assert all(torch.equal(v, before[k]) for k, v in motion.state_dict().items())
 
 
-def test_lora_errors(tmp_path, unet, peft_unet):
+def test_lora_errors(tmp_path, unet, peft_unet, caplog):
     layers = lora_layers_from_peft(peft_unet)
-    # a layer name this UNet does not have
-    bad = dict(layers)
-    bad["down_blocks.3.attentions.0.transformer_blocks.0.attn1.to_q"] = layers[next(iter(layers))]
-    path = save_kohya_lora(tmp_path / "other_model.safetensors", bad)
-    lw = read_lora(path)
-    with pytest.raises(ModelLoadError, match=r"other_model\.safetensors.*match no layer.*UNet2DConditionModel"):
-        LoraPatcher(copy.deepcopy(unet), [(lw, 1.0)]).apply()
+    first = layers[next(iter(layers))]
+    # a partial match: one layer name this UNet does not have -> applied without it, with a warning
+    missing = "down_blocks.3.attentions.0.transformer_blocks.0.attn1.to_q"
+    partial = dict(layers)
+    partial[missing] = first
+    path = save_kohya_lora(tmp_path / "partial.safetensors", partial)
+    skipped = missing.replace(".", "_")
+    with caplog.at_level("WARNING", logger="fdd.models.lora"):
+        model = copy.deepcopy(unet)
+        with LoraPatcher(model, [(read_lora(path), 1.0)]):
+            assert not _state_equal(model, unet)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "partial.safetensors" in msg and f"1 of {len(partial)} layers" in msg and skipped in msg
+    full = copy.deepcopy(unet)
+    with LoraPatcher(full, [(read_lora(save_kohya_lora(tmp_path / "full.safetensors", layers)), 1.0)]):
+        assert _state_equal(model, unet) and not _state_equal(full, unet)
+        with LoraPatcher(model, [(read_lora(path), 1.0)]):
+            assert _state_equal(model, full)  # the matching layers are applied exactly
+    # no layer name this UNet has -> an error naming the file and the model
+    other = {missing: first, "down_blocks.3.attentions.0.transformer_blocks.0.attn1.to_k": first}
+    path = save_kohya_lora(tmp_path / "other_model.safetensors", other)
+    with pytest.raises(ModelLoadError, match=r"other_model\.safetensors.*none of its 2 LoRA layers matches.*"
+                                             r"UNet2DConditionModel"):
+        LoraPatcher(copy.deepcopy(unet), [(read_lora(path), 1.0)]).apply()
     # right names, wrong sizes (a LoRA for a wider model)
     wide = {n: LoraLayer(torch.zeros(R, l.down.shape[1] * 2), torch.zeros(l.up.shape[0] * 2, R), 1.0)
             for n, l in layers.items()}

@@ -30,6 +30,7 @@ uses ``alpha / r`` with ``alpha = <key>.alpha.item()``); plain peft keys are not
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -46,6 +47,8 @@ from .state_dict import (
     read_state_dict,
     save_safetensors_atomic,
 )
+
+_log = logging.getLogger(__name__)
 
 _EXPECTED = ("a LoRA in kohya (lora_unet_*.lora_down/.lora_up/.alpha), peft or diffusers "
              "(*.lora_A/.lora_B) format")
@@ -310,8 +313,11 @@ def resolve_lora_targets(layers: Mapping[str, LoraLayer], module: nn.Module, pat
     ``{name.replace('.', '_'): name}`` built from the model (an underscored name shared by two
     modules is refused as ambiguous). Works for ``UNet2DConditionModel`` and ``UNetMotionModel``
     (same names for the 2-D layers); with ``skip_motion_modules`` the motion modules are never
-    targets. Unmatched keys or shapes that do not fit raise :class:`ModelLoadError` naming
-    ``path`` and the model the LoRA would have to be for.
+    targets. A LoRA none of whose keys matches, or any of whose layers does not fit its target's
+    shape, raises :class:`ModelLoadError` naming ``path`` and the model the LoRA would have to be
+    for; a partial match (some keys name layers this model lacks) applies the matching layers and
+    logs a warning listing the skipped ones (issue 23: none matching is an error, a partial match a
+    warning).
     """
     targets = _weight_modules(module, skip_motion_modules)
     under: dict[str, str | None] = {}
@@ -341,9 +347,14 @@ def resolve_lora_targets(layers: Mapping[str, LoraLayer], module: nn.Module, pat
         hint = ""
         if any(re.match(r"(input_blocks|middle_block|output_blocks)_", k) for k in unmatched):
             hint = " Its keys use the original LDM names (input_blocks_*), which this loader does not map."
-        raise ModelLoadError(path, f"{len(unmatched)} of {len(layers)} LoRA layers match no layer of the "
-                             f"{desc} (e.g. {unmatched[:3]}): the LoRA was made for another model.{hint}",
-                             f"a LoRA for a {desc}")
+        if not resolved and not misfit:
+            raise ModelLoadError(path, f"none of its {len(layers)} LoRA layers matches a layer of the {desc} "
+                                       f"(e.g. {unmatched[:3]}): the LoRA was made for another model.{hint}",
+                                 f"a LoRA for a {desc}")
+        _log.warning("LoRA %s: %d of %d layers match no layer of the %s and are skipped: %s%s%s",
+                     path if path is not None else "(in memory)", len(unmatched), len(layers), desc,
+                     ", ".join(unmatched[:10]), f" (+{len(unmatched) - 10} more)" if len(unmatched) > 10 else "",
+                     hint)
     if misfit:
         raise ModelLoadError(path, f"{len(misfit)} LoRA layers do not fit their target weights (e.g. {misfit[:2]}): "
                              "the LoRA was made for another model.", f"a LoRA for a {desc}")

@@ -255,14 +255,15 @@ def _expand(v, n: int) -> list:
     return [v] * n if isinstance(v, int) else list(v)
 
 
-def build_motion_unet(unet2d, adapter, adapter_path: str | os.PathLike | None = None):
+def build_motion_unet(unet2d, adapter, adapter_path: str | os.PathLike | None = None,
+                      backbone_path: str | os.PathLike | None = None):
     """Inflate a ``UNet2DConditionModel`` with a ``MotionAdapter`` into a ``UNetMotionModel``.
 
     Uses ``diffusers.UNetMotionModel.from_unet2d(unet, motion_adapter, load_weights=True)``. Before
     that, the adapter is checked against the backbone: same number of blocks, the same channels
     per block and the same layers per block, so that e.g. an SDXL motion module on an SD 1.x
     backbone gives a :class:`ModelLoadError` naming the motion-module file rather than a
-    size-mismatch traceback. The result has the backbone's dtype and device, eval mode.
+    size-mismatch traceback (the backbone's file too, when ``backbone_path`` is given). The result has the backbone's dtype and device, eval mode.
 
     Call the result with ``sample`` of shape ``(B, C, F, H, W)`` and ``encoder_hidden_states`` of
     shape ``(B*F, L, D)`` (UNetMotionModel does not repeat the text per frame).
@@ -273,21 +274,23 @@ def build_motion_unet(unet2d, adapter, adapter_path: str | os.PathLike | None = 
     u_ch = list(ucfg["block_out_channels"])
     a_ch = list(acfg["block_out_channels"])
     expected = f"a motion module for a UNet with block_out_channels {u_ch}"
+    bb = f"the backbone '{backbone_path}'" if backbone_path else "the backbone"
     if u_ch != a_ch:
-        raise ModelLoadError(adapter_path, f"the motion module's channels {a_ch} do not match the backbone "
+        raise ModelLoadError(adapter_path, f"the motion module's channels {a_ch} do not match {bb} "
                              f"UNet's {u_ch}: it was made for another base model (e.g. an SDXL motion "
                              "module on an SD 1.x backbone).", expected)
     u_layers = _expand(ucfg["layers_per_block"], len(u_ch))
     a_layers = _expand(acfg["motion_layers_per_block"], len(a_ch))
     if u_layers != a_layers:
-        raise ModelLoadError(adapter_path, f"the motion module has {a_layers} layers per block, the backbone "
-                             f"UNet {u_layers}.", expected + f" and layers_per_block {u_layers}")
+        raise ModelLoadError(adapter_path, f"the motion module has {a_layers} layers per block, {bb} "
+                             f"UNet {u_layers}: it does not match {bb}.", expected + f" and layers_per_block {u_layers}")
     if acfg.get("conv_in_channels") and unet2d.conv_in.weight.shape[1] > acfg["conv_in_channels"]:
-        raise ModelLoadError(adapter_path, "the motion module's input convolution is narrower than the "
-                             "backbone's.", expected)
+        raise ModelLoadError(adapter_path, f"the motion module's input convolution is narrower than {bb}'s "
+                             "input: it does not match the backbone.", expected)
     try:
         model = UNetMotionModel.from_unet2d(unet2d, adapter)
     except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(adapter_path, f"the motion module does not fit the backbone UNet ({exc}).",
+        raise ModelLoadError(adapter_path, f"the motion module does not fit {bb} UNet ({exc}): it does not match "
+                             "the backbone.",
                              expected) from exc
     return model.eval()  # from_unet2d already matches the backbone's device and dtype

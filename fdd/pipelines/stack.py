@@ -51,7 +51,8 @@ class VideoEditStack:
             from ..models.motion import build_motion_unet
 
             self._motion_unet = build_motion_unet(self.backbone.unet, self.motion_adapter,
-                                                  self.motion_source or None).eval()
+                                                  self.motion_source or None,
+                                                  getattr(self.backbone, "source", None)).eval()
             self._motion_unet.requires_grad_(False)
         return self._motion_unet
 
