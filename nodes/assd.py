@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from comfy_api.v0_0_2 import io
 
 from ..fdd.assd import (MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES, ASSDConfig, ImagePrior, assd_edit,
-                        backbone_lora_patchers, load_t2v_folder_parts, motion_models, preview_strip, t2v_models)
+                        applied_backbone_loras, load_t2v_folder_parts, motion_models, preview_strip, t2v_models)
 from ..fdd.video import check_clip
 from . import _runtime as rt
 from ._inputs import PackNode
@@ -190,13 +188,9 @@ class ASSDOptimize(PackNode):
         image = ImagePrior.from_backbone(backbone.backbone) if joint_guidance else None
         mods = models.modules() + (image.modules() if image else [])
         previews: list[torch.Tensor] = []
-        with rt.on_compute_device(mods), contextlib.ExitStack() as patches:
-            if backbone is not None and backbone.loras:
-                loras = backbone.lora_stack
-                te_used = any(m is backbone.backbone.text_encoder for m in mods)
-                for p in backbone_lora_patchers(loras, backbone.backbone, motion_unet=motion_unet,
-                                                image=image is not None, text_in_use=te_used):
-                    patches.enter_context(p)
+        loras = backbone.lora_stack if backbone is not None else None
+        bb = backbone.backbone if backbone is not None else None
+        with rt.on_compute_device(mods), applied_backbone_loras(loras, bb, models, image, motion_unet):
             models = models.with_image_model(image)
             out, z = assd_edit(models, frames, source_prompt, target_prompt, config,
                                callback=_progress(steps, models, preview_every, previews), return_latent=True)

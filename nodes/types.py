@@ -7,6 +7,8 @@ from typing import Any
 
 from comfy_api.v0_0_2 import io
 
+from ..fdd.models.lora import LoraStack
+
 Backbone = io.Custom("FDD_BACKBONE")
 EditAdapter = io.Custom("FDD_EDIT_ADAPTER")
 VideoAdapter = io.Custom("FDD_VIDEO_ADAPTER")
@@ -29,9 +31,9 @@ class BackboneHandle:
         return replace(self, loras=self.loras + ((lora, float(strength), name),))
 
     @property
-    def lora_stack(self) -> list:
-        """The ordered ``(LoraWeights, strength)`` pairs the engine takes (``fdd.models.lora``)."""
-        return [(lora, strength) for lora, strength, _ in self.loras]
+    def lora_stack(self) -> LoraStack:
+        """The engine's ordered stack of ``(LoraWeights, strength)`` (:class:`fdd.models.lora.LoraStack`)."""
+        return LoraStack(tuple((lora, strength) for lora, strength, _ in self.loras))
 
     @property
     def lora_names(self) -> list[str]:

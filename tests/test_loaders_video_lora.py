@@ -13,6 +13,7 @@ from fdd.models.errors import ModelLoadError
 from fdd.models.lora import (
     LoraLayer,
     LoraPatcher,
+    LoraStack,
     LoraWeights,
     lora_layers_from_peft,
     read_lora,
@@ -315,6 +316,41 @@ def test_patcher_fp16_and_stacking(tmp_path, unet, peft_unet):
         assert torch.allclose(mods[name].weight.float(), w, atol=2e-3, rtol=1e-3)
     p.restore()
     assert _state_equal(half, orig)
+
+
+def test_lora_stack_patch_merge_and_parts(tmp_path, unet, peft_unet):
+    """LoraStack: patch adds the strengths' sum of deltas and restores bit-exactly (also after an
+    exception); merge_into leaves the same weights for good; unet_only / text_only drop the other
+    side; the stack is frozen (added returns a new one) and iterates as (lora, strength) pairs."""
+    layers = lora_layers_from_peft(peft_unet)
+    te = tiny_text_encoder()
+    te_name = next(n for n, m in te.named_modules() if n.endswith("q_proj"))
+    te_w = dict(te.named_modules())[te_name].weight
+    te_layer = LoraLayer(torch.full((2, te_w.shape[1]), 0.1), torch.full((te_w.shape[0], 2), 0.1), 2.0)
+    lw = read_lora(save_kohya_lora(tmp_path / "both.safetensors", layers, {te_name: te_layer}))
+    stack = LoraStack().added(lw, 0.5).added(lw, 0.25)
+    assert len(stack) == 2 and [s for _, s in stack] == [0.5, 0.25] and not LoraStack()
+    assert LoraStack.of(stack) is stack and LoraStack.of([(lw, 1)]).entries == ((lw, 1.0),)
+    want = _expected_weights(unet, layers, 0.75)
+    model, text, te0 = copy.deepcopy(unet), copy.deepcopy(te), copy.deepcopy(te)
+    with pytest.raises(RuntimeError, match="boom"):
+        with stack.patch(model, text_encoder=text):
+            mods = dict(model.named_modules())
+            for name, w in want.items():
+                assert torch.allclose(mods[name].weight, w, atol=1e-6)
+            assert not _state_equal(text, te0)
+            raise RuntimeError("boom")
+    assert _state_equal(model, unet) and _state_equal(text, te0)
+    merged, patched = copy.deepcopy(unet), copy.deepcopy(unet)
+    stack.merge_into(merged)
+    with stack.patch(patched):
+        assert _state_equal(merged, patched)
+    assert not _state_equal(merged, unet)
+    with stack.unet_only().patch(model, text_encoder=text):
+        assert _state_equal(text, te0) and not _state_equal(model, unet)
+    with stack.text_only().patch(model, text_encoder=text):
+        assert _state_equal(model, unet) and not _state_equal(text, te0)
+    assert stack.has_text_layers and not stack.unet_only().has_text_layers
 
 
 def test_peft_and_diffusers_formats(tmp_path, unet, peft_unet):

@@ -332,7 +332,6 @@ def test_shape_weights_steer_the_video_clips_and_the_default_is_the_recipe():
     """``shape_weights`` draws the training clips' shapes in proportion to the weights (edits of
     the drawn scene may still change the shape), the default draws the recipe's clips bit for
     bit, and the CLI parses / refuses the flag naming it."""
-    import argparse
 
     from fdd.toy.__main__ import build_parser
     from fdd.toy.train import sample_clips

@@ -25,7 +25,7 @@ from .attention import (AttentionFusion, FusionAttnProcessor, reference_attentio
                         spatial_self_attention_layers, weighted_attention_fusion)
 from .gradients import (MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES, adaptive_mask, assd_gradient, dds_update_scale, image_dds_gradient, joint_gradient,
                         keyframe_indices, sgd_step, sliding_window_smooth, video_dds_gradient)
-from .models import (ASSDModels, backbone_lora_patchers, ImagePrior, LatentSpaceMismatch, MotionPrior, T2VFolderParts, UNet3DPrior,
+from .models import (ASSDModels, applied_backbone_loras, ImagePrior, LatentSpaceMismatch, MotionPrior, T2VFolderParts, UNet3DPrior,
                      VideoPrior, check_latent_spaces_agree, load_t2v_folder_parts, motion_models, t2v_models)
 from .optimize import (ABLATIONS, ASSDConfig, ASSDOptimizer, assd_edit, decode_latent, encode_source,
                        preview_strip, working_size)
@@ -38,5 +38,5 @@ __all__ = [
     "MotionPrior", "T2VFolderParts", "UNet3DPrior", "VideoPrior", "check_latent_spaces_agree",
     "load_t2v_folder_parts", "motion_models", "t2v_models", "ABLATIONS", "ASSDConfig", "ASSDOptimizer",
     "assd_edit", "decode_latent", "encode_source", "preview_strip", "working_size", "MASK_CHANNEL_MODES",
-    "SMOOTH_BOUNDARIES", "backbone_lora_patchers",
+    "SMOOTH_BOUNDARIES", "applied_backbone_loras",
 ]

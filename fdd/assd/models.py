@@ -21,6 +21,8 @@ guidance adds its gradients to the video latent, so the two latent spaces must a
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -369,22 +371,29 @@ def motion_models(backbone, motion_unet, source: str = "") -> ASSDModels:
     return ASSDModels(prior, backbone.vae, backbone.scaling_factor, backbone.vae_scale_factor, DDIMSchedule())
 
 
-def backbone_lora_patchers(loras, backbone, motion_unet=None, image: bool = True, text_in_use: bool = True) -> list:
-    """:class:`fdd.models.lora.LoraPatcher` s that apply an SD 1.x backbone's LoRAs
-    (``[(LoraWeights, strength)]``) for one ASSD run: on the motion UNet of the AnimateDiff prior,
-    on the backbone's UNet2D when it is the image model, and on the backbone's text encoder
-    exactly once (when it is used: by the image model, the AnimateDiff prior, or lent to a T2V
-    UNet). A T2V UNet3D itself never gets SD 1.x LoRAs. Use each as a context manager."""
-    from ..models.lora import LoraPatcher
+@contextlib.contextmanager
+def applied_backbone_loras(loras, backbone, models: ASSDModels, image: "ImagePrior | None" = None,
+                           motion_unet=None):
+    """An SD 1.x backbone's LoRAs (a :class:`~fdd.models.lora.LoraStack`) applied for one ASSD run
+    and restored bit-exactly after it: on the motion UNet of the AnimateDiff prior (its own copy
+    of the 2-D layers), on the backbone's UNet2D when it is the image model, and on the backbone's
+    text encoder once, when ``models`` or ``image`` use it (the image model, the AnimateDiff prior,
+    or lent to a T2V UNet). A T2V UNet3D itself never gets SD 1.x LoRAs."""
+    from ..models.lora import LoraStack
 
-    te = backbone.text_encoder if text_in_use else None
-    out = []
-    if motion_unet is not None:
-        out.append(LoraPatcher(motion_unet, loras, text_encoder=te))
-        te = None
-    if image:
-        out.append(LoraPatcher(backbone.unet, loras, text_encoder=te))
-        te = None
-    if te is not None:  # only the text encoder is in use (lent to a UNet3D prior); patching the
-        out.append(LoraPatcher(backbone.unet, loras, text_encoder=te))  # idle UNet2D too is harmless
-    return out
+    stack = LoraStack.of(loras)
+    if not stack or backbone is None:
+        yield
+        return
+    in_use = models.modules() + (image.modules() if image is not None else [])
+    te = backbone.text_encoder if any(m is backbone.text_encoder for m in in_use) else None
+    with contextlib.ExitStack() as patches:
+        if motion_unet is not None:
+            patches.enter_context(stack.patch(motion_unet, text_encoder=te))
+            te = None
+        if image is not None:
+            patches.enter_context(stack.patch(backbone.unet, text_encoder=te))
+            te = None
+        if te is not None:
+            patches.enter_context(stack.text_only().patch(text_encoder=te))
+        yield

@@ -246,7 +246,7 @@ def build_fdd_models(backbone, controlnet, motion_adapter, cfg: FDDConfig, teach
     ``MotionAdapter`` (edit+video) or None; ``teacher_lora`` a :class:`~fdd.models.lora.LoraWeights`
     (edit+lora: merged at ``cfg.teacher_lora_strength`` into the copy that becomes the LoRA
     teacher / student UNet) or a list of ``(LoraWeights, strength)`` merged together."""
-    from ..models.lora import LoraPatcher
+    from ..models.lora import LoraStack
     from ..models.motion import build_motion_unet
 
     unet2d = training_copy(backbone.unet)
@@ -263,10 +263,9 @@ def build_fdd_models(backbone, controlnet, motion_adapter, cfg: FDDConfig, teach
         if teacher_lora is None:
             raise ValueError("teacher_lora: the edit+lora combination needs the LoRA adapter to align")
         student = training_copy(unet2d)
-        loras = teacher_lora if isinstance(teacher_lora, (list, tuple)) else [(teacher_lora, cfg.teacher_lora_strength)]
-        patcher = LoraPatcher(student, loras)
-        patcher.apply()
-        patcher._backup.clear()  # merged for good into this private copy
+        loras = teacher_lora if isinstance(teacher_lora, (list, tuple, LoraStack)) \
+            else [(teacher_lora, cfg.teacher_lora_strength)]
+        LoraStack.of(loras).merge_into(student)  # for good: the student is a private copy trained on top
         video = False
     names = add_align_lora(student, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
     return FDDModels(unet2d=unet2d, student_unet=student, controlnet=cn, vae=vae, text_encoder=te,

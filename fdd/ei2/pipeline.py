@@ -11,10 +11,8 @@ These are the functions the ComfyUI nodes call; they work as well from a script:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 import torch
-from torch import nn
 
 from ..pipelines.common import encode_prompts
 from ..video import pixels_to_frames
@@ -26,27 +24,21 @@ from .inflate import InflatedUNet, inflate_unet, load_tuned_state
 from .tune import TuneConfig, TuneResult, tune_one_shot
 
 
-def _unet_only(loras):
-    return [(replace(lw, text_encoder={}, text_encoder_2={}), s) for lw, s in loras]
-
-
-def _text_only(loras):
-    return [(replace(lw, unet={}), s) for lw, s in loras]
-
-
 def build_model(backbone, config: InflationConfig, *, loras: Sequence = (), tuned: Mapping[str, torch.Tensor] | None = None,
                 device=None, dtype: torch.dtype = torch.float32, source: str | None = None) -> InflatedUNet:
     """Inflate a private copy of ``backbone.unet`` (see :func:`fdd.ei2.inflate.inflate_unet`), merge
-    the backbone's UNet LoRAs ``[(LoraWeights, strength)]`` into the copy, then load the tuned
-    tensors if given. The cached backbone is never modified."""
-    from ..models.lora import LoraPatcher
+    the backbone's UNet LoRAs (a :class:`~fdd.models.lora.LoraStack` or ``(LoraWeights, strength)``
+    pairs) into the copy, then load the tuned tensors if given. The merge is permanent because the
+    copy is what EI² tunes and keeps: the tuned tensors are learnt on top of the LoRA'd weights
+    (EI² §4.1 tunes the model it edits with). The cached backbone is never modified."""
+    from ..models.lora import LoraStack
 
     with torch.inference_mode(False):
         model = inflate_unet(backbone.unet, config, dtype=dtype)
         if device is not None:
             model.to(device)
         if loras:
-            LoraPatcher(model.unet, _unet_only(loras)).apply()  # permanent in the copy
+            LoraStack.of(loras).unet_only().merge_into(model.unet)
         if tuned is not None:
             load_tuned_state(model, tuned, source)
     return model
@@ -57,12 +49,10 @@ def encode_text(backbone, prompts: Sequence[str], loras: Sequence = (), device=N
     (patched in place and restored bit-exactly, as the other samplers of the pack do)."""
     te = backbone.text_encoder
     device = device or next(te.parameters()).device
-    if loras and any(lw.text_encoder for lw, _ in loras):
-        from ..models.lora import LoraPatcher
+    from ..models.lora import LoraStack
 
-        with LoraPatcher(nn.Module(), _text_only(loras), text_encoder=te):
-            return encode_prompts(backbone.tokenizer, te, list(prompts), device)
-    return encode_prompts(backbone.tokenizer, te, list(prompts), device)
+    with LoraStack.of(loras).text_only().patch(text_encoder=te):
+        return encode_prompts(backbone.tokenizer, te, list(prompts), device)
 
 
 def prepare_video(backbone, frames: torch.Tensor, *, num_frames: int = 8, stride: int = 1, start: int = 0,

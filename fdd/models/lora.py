@@ -35,7 +35,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Self
 
 import torch
@@ -374,10 +374,11 @@ class LoraPatcher:
     copies them back, so the model returns to bit-identical weights. Usable as a context manager.
 
     Text-encoder layers are ignored when no text encoder is given (as ComfyUI's
-    ``LoraLoaderModelOnly`` does). Motion modules of a ``UNetMotionModel`` are never touched.
+    ``LoraLoaderModelOnly`` does), UNet layers when ``unet`` is None. Motion modules of a
+    ``UNetMotionModel`` are never touched. Callers normally go through :class:`LoraStack`.
     """
 
-    def __init__(self, unet: nn.Module, loras: Iterable[tuple[LoraWeights, float]],
+    def __init__(self, unet: nn.Module | None, loras: Iterable[tuple[LoraWeights, float]],
                  text_encoder: nn.Module | None = None, text_encoder_2: nn.Module | None = None):
         self.unet = unet
         self.text_encoder = text_encoder
@@ -406,13 +407,15 @@ class LoraPatcher:
         return list(deltas.values())
 
     @torch.no_grad()
-    def apply(self) -> Self:
-        """Patch the weights (once; a second call without :meth:`restore` does nothing)."""
+    def apply(self, keep_originals: bool = True) -> Self:
+        """Patch the weights (once; a second call without :meth:`restore` does nothing). With
+        ``keep_originals`` False no copy is kept: the patch is permanent (a merge)."""
         if self.applied:
             return self
         plan = self._plan()  # resolve everything first: a bad LoRA leaves the model untouched
         for w, d in plan:
-            self._backup.append((w, w.detach().clone()))
+            if keep_originals:
+                self._backup.append((w, w.detach().clone()))
             w.data.copy_((w.data.float() + d).to(w.dtype))
         self.applied = True
         return self
@@ -430,6 +433,67 @@ class LoraPatcher:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+@dataclass(frozen=True)
+class LoraStack:
+    """An ordered stack of LoRAs on one backbone: ``(LoraWeights, strength)`` pairs, applied in
+    order (their deltas add up). The one way the pack applies LoRAs:
+
+    - :meth:`patch` (the default everywhere): a context manager that adds the deltas into the
+      given models for the duration of a call and restores them bit-exactly (:class:`LoraPatcher`);
+    - :meth:`merge_into`: a permanent merge, only for a private copy of a model that a method then
+      trains or keeps (EI²'s inflated copy, the FDD student); the caller says so in its docstring.
+
+    Iterating gives the pairs, so a stack can go wherever a sequence of pairs is accepted. The
+    stack itself is frozen: :meth:`added` returns a new one.
+    """
+
+    entries: tuple[tuple[LoraWeights, float], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "entries", tuple((lw, float(s)) for lw, s in self.entries))
+
+    @classmethod
+    def of(cls, loras: "LoraStack | Iterable[tuple[LoraWeights, float]] | None") -> "LoraStack":
+        """``loras`` as a stack (a stack is returned as is; None is the empty stack)."""
+        if isinstance(loras, LoraStack):
+            return loras
+        return cls(tuple(loras or ()))
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def added(self, lora: LoraWeights, strength: float) -> "LoraStack":
+        return LoraStack(self.entries + ((lora, float(strength)),))
+
+    def unet_only(self) -> "LoraStack":
+        """The same stack without text-encoder layers."""
+        return LoraStack(tuple((replace(lw, text_encoder={}, text_encoder_2={}), s) for lw, s in self.entries))
+
+    def text_only(self) -> "LoraStack":
+        """The same stack without UNet layers."""
+        return LoraStack(tuple((replace(lw, unet={}), s) for lw, s in self.entries))
+
+    @property
+    def has_text_layers(self) -> bool:
+        return any(lw.text_encoder or lw.text_encoder_2 for lw, _ in self.entries)
+
+    def patch(self, unet: nn.Module | None = None, text_encoder: nn.Module | None = None,
+              text_encoder_2: nn.Module | None = None) -> "LoraPatcher":
+        """Context manager: the stack added into ``unet`` / the text encoders inside the block,
+        the original weights restored bit-exactly after it (also on an exception)."""
+        return LoraPatcher(unet, self.entries, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
+
+    def merge_into(self, unet: nn.Module | None = None, text_encoder: nn.Module | None = None) -> None:
+        """Add the stack into the weights for good (no copy of the originals is kept)."""
+        LoraPatcher(unet, self.entries, text_encoder=text_encoder).apply(keep_originals=False)
 
 
 # ----------------------------------------------------------------------------------------- write

@@ -20,15 +20,15 @@ class VideoEditStack:
 
     ``motion_adapter`` is the diffusers ``MotionAdapter``; the motion UNet
     (``UNetMotionModel``) that stacks it on the backbone is built on first use and cached.
-    ``loras`` is a list of ``(LoraWeights, strength)`` applied to the backbone UNet's 2-D layers
-    (never the motion modules or the ControlNet) and, when present, the text encoder, only
-    for the duration of :meth:`applied_loras`.
+    ``loras`` is a :class:`~fdd.models.lora.LoraStack` (or ``(LoraWeights, strength)`` pairs)
+    applied to the denoiser's 2-D layers (never the motion modules or the ControlNet) and, when
+    present, the text encoder, only for the duration of :meth:`applied_loras`.
     """
 
     backbone: SD1Backbone
     controlnet: Optional[torch.nn.Module] = None
     motion_adapter: Optional[torch.nn.Module] = None
-    loras: list = field(default_factory=list)
+    loras: Sequence = ()
     controlnet_source: str = ""
     motion_source: str = ""
     _motion_unet: Optional[torch.nn.Module] = field(default=None, repr=False)
@@ -83,12 +83,9 @@ class VideoEditStack:
     @contextlib.contextmanager
     def applied_loras(self):
         """Patch the LoRAs into the weights for the duration of the block; restored bit-exactly."""
-        if not self.loras:
-            yield
-            return
-        from ..models.lora import LoraPatcher
+        from ..models.lora import LoraStack
 
-        with LoraPatcher(self.denoiser, self.loras, text_encoder=self.backbone.text_encoder):
+        with LoraStack.of(self.loras).patch(self.denoiser, text_encoder=self.backbone.text_encoder):
             yield
 
     def predict_noise(self, x: torch.Tensor, t: int, text_emb: torch.Tensor,
