@@ -38,3 +38,18 @@ def run_in_chunks(fn, n: int, batch: int, what: str) -> list:
             continue
         i = j
     return outs
+
+
+class Placed:
+    """Mixin for a wrapper around one main module: its ``device`` and ``dtype`` are those of the
+    weights of the attribute named by ``placed_on`` (a module, or a property giving one)."""
+
+    placed_on = "unet"
+
+    @property
+    def device(self) -> torch.device:
+        return next(getattr(self, self.placed_on).parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(getattr(self, self.placed_on).parameters()).dtype

@@ -64,17 +64,75 @@ class PackNode(io.ComfyNode):
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        # ComfyUI runs a locked copy of the class (whose schema cache cannot be written), made by
+        # copying the class's namespace: the copy inherits the name of the class it stands for
+        if "_pack_node_class" not in cls.__dict__:
+            cls._pack_node_class = cls
         fn = cls.__dict__.get("execute")
         raw = getattr(fn, "__func__", fn)
         if fn is None or getattr(raw, "_inputs_checked", False):
             return  # nothing of its own, or already wrapped (ComfyUI's locked copies of a class)
 
-        owner = cls  # ComfyUI runs a locked copy of the class, whose schema cache cannot be written
-
         @functools.wraps(raw)
         def execute(klass, *args, **kwargs):
-            check_inputs(owner, kwargs)
+            check_inputs(klass._pack_node_class, kwargs)  # the node called, also through an inherited execute
             return raw(klass, *args, **kwargs)
 
         execute._inputs_checked = True
         cls.execute = classmethod(execute)
+
+
+class ConfigInputs:
+    """A node's widget inputs built from a config class's declared fields (:mod:`fdd.params`),
+    so each default, range and tooltip is written once, next to the field it sets.
+
+    ``fields`` lists the config fields the node shows, in widget order; ``node_defaults``
+    (by field name) are the few places a node deliberately defaults otherwise (each listed with
+    its reason in ``tests/test_node_defaults.py``). :meth:`config` turns the node's values back
+    into the config, a missing value taking the node's default.
+    """
+
+    def __init__(self, config_cls: type, fields: list[str], **node_defaults: Any):
+        from ..fdd.params import declared
+
+        every = declared(config_cls)
+        missing = [f for f in list(fields) + list(node_defaults) if f not in every]
+        if missing:
+            raise TypeError(f"{config_cls.__name__}: {missing} are not declared with fdd.params.param")
+        self.config_cls = config_cls
+        self.fields = [every[f] for f in fields]
+        self.defaults = {d.field: node_defaults.get(d.field, d.default) for d in self.fields}
+
+    def inputs(self, *only: str) -> list:
+        """The widget inputs, all or those of the fields named in ``only`` (for a node that puts
+        inputs of its own between them), in widget order."""
+        unknown = [f for f in only if f not in self.defaults]
+        if unknown:
+            raise TypeError(f"{self.config_cls.__name__}: {unknown} are not among this node's fields")
+        out = []
+        for d in self.fields:
+            if only and d.field not in only:
+                continue
+            p, default = d.param, self.defaults[d.field]
+            common = dict(default=default, tooltip=p.tooltip)
+            bounds = {k: v for k, v in (("min", p.min), ("max", p.max), ("step", p.step)) if v is not None}
+            if d.kind == "INT":
+                out.append(io.Int.Input(d.input_name, **common, **bounds,
+                                        **({"control_after_generate": True} if p.seed else {})))
+            elif d.kind == "FLOAT":
+                out.append(io.Float.Input(d.input_name, **common, **bounds))
+            elif d.kind == "BOOLEAN":
+                out.append(io.Boolean.Input(d.input_name, **common))
+            elif d.kind == "COMBO":
+                out.append(io.Combo.Input(d.input_name, options=list(p.options), **common))
+            else:
+                out.append(io.String.Input(d.input_name, multiline=p.multiline, **common))
+        return out
+
+    def values(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Field name -> value from the node's input values (by input name), defaults filled in."""
+        return {d.field: given.get(d.input_name, self.defaults[d.field]) for d in self.fields}
+
+    def config(self, given: Mapping[str, Any], **extra: Any):
+        """The config from the node's input values plus ``extra`` fields the node sets itself."""
+        return self.config_cls(**self.values(given), **extra)

@@ -60,6 +60,11 @@ def register_model_folders() -> None:
                 folder_paths.add_model_folder_path(category, path)
 
 
+# once, when the pack is imported (before any schema lists a folder); idempotent, so ComfyUI's
+# extension hook may call it again
+register_model_folders()
+
+
 def save_output_json(text: str, prefix: str) -> str:
     """Write ``text`` as ``prefix_NNNNN_.json`` in ComfyUI's output folder, atomically; returns
     the name relative to the output folder."""

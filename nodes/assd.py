@@ -6,15 +6,20 @@ import numpy as np
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..fdd.assd import (MASK_CHANNEL_MODES, SMOOTH_BOUNDARIES, ASSDConfig, ImagePrior, assd_edit,
+from ..fdd.assd import (ASSDConfig, ImagePrior, assd_edit,
                         applied_backbone_loras, load_t2v_folder_parts, motion_models, preview_strip, t2v_models)
 from ..fdd.video import check_clip
 from . import _runtime as rt
-from ._inputs import PackNode
+from ._inputs import ConfigInputs, PackNode
 from .types import AdapterHandle, Backbone, BackboneHandle, T2VUNet, VideoAdapter
 
 CATEGORY = "video edit (fdd)/assd"
 PREVIEW_MAX_SIZE = 512
+PARAMS = ConfigInputs(ASSDConfig, ["negative_prompt", "steps", "lr", "guidance_scale", "seed", "smoothing",
+                                   "center_weight", "smooth_boundary", "mask", "tau", "mask_channels", "mask_invert",
+                                   "attention_fusion", "fusion_lambda", "fusion_layers", "joint_guidance",
+                                   "image_guidance_scale", "keyframe_stride", "image_weight", "t_min", "t_max",
+                                   "loss_scale"])
 
 
 def _models(t2v_unet: AdapterHandle | None, backbone: BackboneHandle | None, video_adapter: AdapterHandle | None):
@@ -94,68 +99,7 @@ class ASSDOptimize(PackNode):
                 VideoAdapter.Input("video_adapter", optional=True,
                                    tooltip="Video prior without a T2V model: AnimateDiff motion modules stacked "
                                            "on the backbone. Connect either this or t2v_unet."),
-                io.String.Input("negative_prompt", default="", multiline=True,
-                                tooltip="Text of the unconditional branches of classifier-free guidance."),
-                io.Int.Input("steps", default=200, min=1, max=10000,
-                             tooltip="SGD steps on the latent (paper: 200). Each step is one batched video "
-                                     "UNet call (and one image UNet call with joint guidance)."),
-                io.Float.Input("lr", default=0.1, min=0.0, max=100.0, step=0.001,
-                               tooltip="SGD learning rate (paper: 0.1). The gradient is scaled as in DDS: "
-                                       "loss_scale / (latent height x width)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance w of the video prior, on both branches. 1 "
-                                       "skips the unconditional branches."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the timesteps and noises of all steps; the same seed gives the "
-                                     "same result."),
-                io.Boolean.Input("smoothing", default=True,
-                                 tooltip="ASSD sliding-window smoothing of the reference prediction along "
-                                         "frames (Eq. 6). Off together with 'mask': plain Video DDS (Eq. 5)."),
-                io.Float.Input("center_weight", default=0.67, min=0.0, max=1.0, step=0.01,
-                               tooltip="gamma_i of Eq. 6, the current frame's weight (paper: 0.67); the two "
-                                       "neighbours share the rest equally."),
-                io.Combo.Input("smooth_boundary", options=list(SMOOTH_BOUNDARIES), default="renormalize",
-                               tooltip="First / last frame, which miss a neighbour: 'renormalize' rescales the "
-                                       "two remaining weights to sum 1, 'replicate' repeats the frame, "
-                                       "'reflect' uses the other neighbour twice."),
-                io.Boolean.Input("mask", default=True,
-                                 tooltip="Adaptive mask (Eq. 7): smooth only where |eps_edit - eps_ref| is below "
-                                         "its maximum over frames minus tau; elsewhere plain DDS (Eq. 8). Off "
-                                         "with smoothing on: smooth everywhere."),
-                io.Float.Input("tau", default=0.2, min=0.0, max=100.0, step=0.01,
-                               tooltip="tau of Eq. 7 (not given in the paper). Larger: fewer positions "
-                                       "smoothed."),
-                io.Combo.Input("mask_channels", options=list(MASK_CHANNEL_MODES), default="elementwise",
-                               tooltip="'elementwise': Eq. 7 per latent element; 'mean': one mask per pixel "
-                                       "from the channel-averaged difference."),
-                io.Boolean.Input("mask_invert", default=False,
-                                 tooltip="Swap the mask's 0 and 1 (smooth where the difference is near its "
-                                         "temporal peak). Off follows Eq. 7 as written."),
-                io.Boolean.Input("attention_fusion", default=True,
-                                 tooltip="Weighted attention fusion (Eq. 11-13) in the editing branch's last "
-                                         "spatial self-attention layers; temporal attention untouched."),
-                io.Float.Input("fusion_lambda", default=0.8, min=0.0, max=1.0, step=0.01,
-                               tooltip="lambda of Eq. 13 (paper: 0.8): 0 plain self-attention, 1 all reference "
-                                       "attention. Larger keeps more of the source, edits less."),
-                io.Int.Input("fusion_layers", default=3, min=1, max=64,
-                             tooltip="How many of the last spatial self-attention layers fuse (3 = the last up "
-                                     "block of ModelScope / Zeroscope / SD 1.x)."),
-                io.Boolean.Input("joint_guidance", default=True,
-                                 tooltip="Image-based joint guidance (Eq. 9-10): the backbone (SD 1.x) adds DDS "
-                                         "gradients on keyframes. Needs 'backbone'."),
-                io.Float.Input("image_cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the image model in the joint guidance."),
-                io.Int.Input("keyframe_stride", default=4, min=1, max=1024,
-                             tooltip="Joint guidance on every n-th frame (0, n, 2n, ...)."),
-                io.Float.Input("image_weight", default=1.0, min=0.0, max=10.0, step=0.05,
-                               tooltip="Weight of the image gradient in the sum of Eq. 10 (paper: 1)."),
-                io.Int.Input("t_min", default=50, min=0, max=999,
-                             tooltip="Smallest timestep drawn each step (DDS: 50)."),
-                io.Int.Input("t_max", default=950, min=1, max=1000,
-                             tooltip="Timesteps are drawn below this (DDS: 950)."),
-                io.Float.Input("loss_scale", default=2000.0, min=0.0, max=1e6, step=1.0,
-                               tooltip="DDS loss scale: the update is lr x loss_scale / (h x w) x gradient, "
-                                       "h x w the latent frame size (DDS reference code: 2000)."),
+                *PARAMS.inputs(),
                 io.Int.Input("preview_every", default=20, min=0, max=10000,
                              tooltip="Decode a preview strip every n steps (shown on the node and collected in "
                                      "the 'previews' output); 0 = only the final one."),
@@ -166,19 +110,9 @@ class ASSDOptimize(PackNode):
 
     @classmethod
     def execute(cls, frames, source_prompt, target_prompt, t2v_unet=None, backbone=None, video_adapter=None,
-                negative_prompt="", steps=200, lr=0.1, cfg=7.5, seed=0, smoothing=True, center_weight=0.67,
-                smooth_boundary="renormalize", mask=True, tau=0.2, mask_channels="elementwise",
-                mask_invert=False, attention_fusion=True, fusion_lambda=0.8, fusion_layers=3,
-                joint_guidance=True, image_cfg=7.5, keyframe_stride=4, image_weight=1.0, t_min=50, t_max=950,
-                loss_scale=2000.0, preview_every=20) -> io.NodeOutput:
-        config = ASSDConfig(steps=steps, lr=lr, guidance_scale=cfg, image_guidance_scale=image_cfg,
-                            t_min=t_min, t_max=t_max, loss_scale=loss_scale, seed=seed,
-                            negative_prompt=negative_prompt, smoothing=smoothing, center_weight=center_weight,
-                            smooth_boundary=smooth_boundary, mask=mask, tau=tau, mask_channels=mask_channels,
-                            mask_invert=mask_invert, joint_guidance=joint_guidance,
-                            keyframe_stride=keyframe_stride, image_weight=image_weight,
-                            attention_fusion=attention_fusion, fusion_lambda=fusion_lambda,
-                            fusion_layers=fusion_layers)
+                preview_every=20, **params) -> io.NodeOutput:
+        config = PARAMS.config(params)
+        joint_guidance = config.joint_guidance
         check_clip(frames)
         config.validate(int(frames.shape[0]))
         if joint_guidance and backbone is None:
@@ -193,7 +127,7 @@ class ASSDOptimize(PackNode):
         with rt.on_compute_device(mods), applied_backbone_loras(loras, bb, models, image, motion_unet):
             models = models.with_image_model(image)
             out, z = assd_edit(models, frames, source_prompt, target_prompt, config,
-                               callback=_progress(steps, models, preview_every, previews), return_latent=True)
+                               callback=_progress(config.steps, models, preview_every, previews), return_latent=True)
             if not previews:
                 previews.append(preview_strip(models, z))
         return io.NodeOutput(out, torch.cat(previews))

@@ -26,23 +26,23 @@ from ..fdd.ei2 import (
     tuned_state_dict,
     write_tuned_weights,
 )
-from ..fdd.ei2.config import (
-    ATTENTION_MODES,
-    CENTERING_AXES,
-    DOWNSAMPLE_MODES,
-    IDENTITY_INITS,
-    TEMPORAL_NORMS,
-    TEMPORAL_POSITIONS,
-)
-from ..fdd.ei2 import MIXED_PRECISION, base_fingerprint, check_tuned_base
+from ..fdd.ei2 import base_fingerprint, check_tuned_base
 from . import _runtime as rt
-from ._inputs import PackNode
+from ._inputs import ConfigInputs, PackNode
 from .types import Backbone, BackboneHandle
 
 CATEGORY = "video edit (fdd)/EI²"
 FOLDER = "fdd_ei2"
 EI2Model = io.Custom("FDD_EI2_MODEL")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+INFLATE = ConfigInputs(InflationConfig, ["attention", "ffam_ratio", "ffam_downsample", "temporal_module",
+                                         "temporal_norm", "centering_axis", "spectral_norm", "identity_init",
+                                         "temporal_position", "seed"])
+# the node saves GPU memory and writes checkpoints (when a run_name is given) by default
+TUNE = ConfigInputs(TuneConfig, ["steps", "learning_rate", "seed", "gate_lr_scale", "gradient_checkpointing",
+                                 "mixed_precision", "checkpoint_every"],
+                    gradient_checkpointing=True, checkpoint_every=100)
+EDIT = ConfigInputs(EditConfig, ["steps", "cfg", "init", "seed"])
 
 
 @dataclass(eq=False)
@@ -73,11 +73,7 @@ def ei2_folder() -> str:
     """The first ``fdd_ei2`` model folder (extra_model_paths.yaml entries come first)."""
     import folder_paths
 
-    paths = folder_paths.get_folder_paths(FOLDER)
-    if not paths:
-        rt.register_model_folders()
-        paths = folder_paths.get_folder_paths(FOLDER)
-    return paths[0]
+    return folder_paths.get_folder_paths(FOLDER)[0]
 
 
 def checkpoint_path(run_name: str) -> str:
@@ -104,59 +100,14 @@ class EI2Inflate(PackNode):
             inputs=[
                 Backbone.Input("backbone", tooltip="From 'FDD Load SD1.x Backbone' (its LoRAs are merged into "
                                                    "the inflated model's own copy of the UNet)."),
-                io.Combo.Input("spatial_attention", options=list(ATTENTION_MODES), default="ffam",
-                               tooltip="Self-attention of every block: ffam = EI²'s fine-coarse frame "
-                                       "attention (own frame at full resolution + other frames downsampled "
-                                       "by ffam_ratio); sparse_causal = Tune-A-Video (first + previous "
-                                       "frame); full = every token of every frame (memory grows with "
-                                       "frames²); frame = per-frame, no inflation."),
-                io.Int.Input("ffam_ratio", default=2, min=1, max=64,
-                             tooltip="r of FFAM (Eq. 10): other frames are downsampled r x r at each layer's "
-                                     "own size, so a query sees l + (n-1)·l/r² keys. The paper uses 2 or 4; "
-                                     "1 = full resolution."),
-                io.Combo.Input("ffam_downsample", options=list(DOWNSAMPLE_MODES), default="avg",
-                               tooltip="How FFAM downsamples other frames: avg = r x r average pooling; "
-                                       "nearest = every r-th token."),
-                io.Boolean.Input("temporal_module", default=True,
-                                 tooltip="Add the temporal module (STAM or its baselines) to every block; "
-                                         "off = spatial attention only."),
-                io.Combo.Input("temporal_norm", options=list(TEMPORAL_NORMS), default="instance_centering",
-                               tooltip="Normalisation before the temporal attention: instance_centering = "
-                                       "STAM (Eq. 6, subtract the mean, no scaling); layer_norm = Tune-A-"
-                                       "Video's TA module; layer_norm_no_affine = LN*; instance_norm = IN; "
-                                       "none = no normalisation (EI² Fig. 4 ablation)."),
-                io.Combo.Input("centering_axis", options=list(CENTERING_AXES), default="frames",
-                               tooltip="What instance centering averages over: frames = Eq. 6 (per channel "
-                                       "and location, over time: keeps the temporal variance); channels = "
-                                       "per token over features (LayerNorm's centring); frames_channels = "
-                                       "over both."),
-                io.Boolean.Input("spectral_norm", default=True,
-                                 tooltip="Spectral-normalise the temporal attention's value and output "
-                                         "projections (Eq. 8). Off = 'IC w/o SN' / Tune-A-Video."),
-                io.Combo.Input("identity_init", options=list(IDENTITY_INITS), default="gate",
-                               tooltip="How the temporal module starts as the identity: gate = output x "
-                                       "tanh(zero-initialised gate) (works with spectral norm); zero_output = "
-                                       "zero output projection as Tune-A-Video (spectral_norm must be off); "
-                                       "none = the paper as written (not the identity at start)."),
-                io.Combo.Input("temporal_position", options=list(TEMPORAL_POSITIONS), default="after_ff",
-                               tooltip="Where the temporal module sits: after_ff = end of each transformer "
-                                       "block (Tune-A-Video's code); after_cross_attention = before the "
-                                       "feed-forward."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the new temporal-module weights (same seed, same model)."),
+                *INFLATE.inputs(),
             ],
             outputs=[EI2Model.Output(display_name="ei2_model")],
         )
 
     @classmethod
-    def execute(cls, backbone, spatial_attention="ffam", ffam_ratio=2, ffam_downsample="avg",
-                temporal_module=True, temporal_norm="instance_centering", centering_axis="frames",
-                spectral_norm=True, identity_init="gate", temporal_position="after_ff", seed=0) -> io.NodeOutput:
-        config = InflationConfig(attention=spatial_attention, ffam_ratio=int(ffam_ratio),
-                                 ffam_downsample=ffam_downsample, temporal_module=bool(temporal_module),
-                                 temporal_norm=temporal_norm, centering_axis=centering_axis,
-                                 spectral_norm=bool(spectral_norm), identity_init=identity_init,
-                                 temporal_position=temporal_position, seed=int(seed)).validate()
+    def execute(cls, backbone, **params) -> io.NodeOutput:
+        config = INFLATE.config(params).validate()
         return io.NodeOutput(EI2ModelHandle(backbone, config, name=f"{backbone.name} (inflated)"))
 
 
@@ -179,10 +130,7 @@ class EI2Tune(PackNode):
                                                  "LoadVideo -> GetVideoComponents."),
                 io.String.Input("caption", default="", multiline=True,
                                 tooltip="A caption of the input video (the prompt P tuned with)."),
-                io.Int.Input("steps", default=500, min=1, max=100000,
-                             tooltip="Optimisation steps (paper: 500)."),
-                io.Float.Input("learning_rate", default=3e-5, min=1e-7, max=1.0, step=1e-6,
-                               tooltip="AdamW learning rate (paper: 3e-5)."),
+                *TUNE.inputs("steps", "learning_rate"),
                 io.Int.Input("num_frames", default=8, min=0, max=1024,
                              tooltip="Frames tuned on (paper: 8); 0 = every frame the stride reaches."),
                 io.Int.Input("frame_stride", default=1, min=1, max=1024,
@@ -190,22 +138,8 @@ class EI2Tune(PackNode):
                 io.Int.Input("size", default=512, min=0, max=4096, step=8,
                              tooltip="Longer side in pixels the frames are resized to (paper: 512); 0 keeps "
                                      "the input size. Sides are cut to multiples the UNet accepts."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the timesteps and noise drawn each step."),
-                io.Float.Input("gate_lr_scale", default=100.0, min=0.001, max=100000.0, step=0.1,
-                               tooltip="Learning-rate multiplier of the temporal modules' zero-initialised "
-                                       "gates (identity_init 'gate'): at lr 3e-5 a gate could only reach "
-                                       "~0.015 in 500 steps; 1 = plain lr."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute activations in the backward pass: much less memory, "
-                                         "about a third slower (Tune-A-Video uses it)."),
-                io.Combo.Input("mixed_precision", options=list(MIXED_PRECISION), default="auto",
-                               tooltip="Autocast on GPU: auto = bf16 where supported, else fp16 with loss "
-                                       "scaling; no = fp32. CPU always runs fp32."),
-                io.Int.Input("checkpoint_every", default=100, min=0, max=100000,
-                             tooltip="Write a resumable checkpoint every N steps to models/fdd_ei2/"
-                                     "checkpoints/<run_name>.safetensors (0 = never; with a run_name a "
-                                     "Cancel still writes one)."),
+                *TUNE.inputs("seed", "gate_lr_scale", "gradient_checkpointing", "mixed_precision",
+                             "checkpoint_every"),
                 io.String.Input("run_name", default="",
                                 tooltip="Name of this run's checkpoint file; empty = no checkpoints."),
                 io.Boolean.Input("resume", default=False,
@@ -218,14 +152,11 @@ class EI2Tune(PackNode):
         )
 
     @classmethod
-    def execute(cls, ei2_model: EI2ModelHandle, frames, caption, steps=500, learning_rate=3e-5, num_frames=8,
-                frame_stride=1, size=512, seed=0, gate_lr_scale=100.0, gradient_checkpointing=True,
-                mixed_precision="auto", checkpoint_every=100, run_name="", resume=False) -> io.NodeOutput:
+    def execute(cls, ei2_model: EI2ModelHandle, frames, caption, num_frames=8, frame_stride=1, size=512,
+                run_name="", resume=False, **params) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        config = TuneConfig(steps=int(steps), learning_rate=float(learning_rate), seed=int(seed),
-                            gate_lr_scale=float(gate_lr_scale), gradient_checkpointing=bool(gradient_checkpointing),
-                            mixed_precision=mixed_precision, checkpoint_every=int(checkpoint_every)).validate()
+        config = TUNE.config(params).validate()
         ckpt = checkpoint_path(run_name.strip()) if run_name.strip() else None
         if resume and ckpt is None:
             raise ValueError("resume: needs a run_name naming the checkpoint to continue")
@@ -353,15 +284,7 @@ class EI2Edit(PackNode):
                                 tooltip="Prompt used for DDIM inversion (Tune-A-Video: empty)."),
                 io.String.Input("negative_prompt", default="", multiline=True,
                                 tooltip="Prompt of the unconditional branch of classifier-free guidance."),
-                io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="DDIM steps, used for the inversion and again for sampling "
-                                     "(Tune-A-Video: 50). Progress counts both."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance scale (paper: 7.5)."),
-                io.Combo.Input("init", options=["inversion", "noise"], default="inversion",
-                               tooltip="Start from the DDIM-inverted input (EI²) or from seeded noise."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the noise when init is 'noise' (unused with inversion)."),
+                *EDIT.inputs(),
                 io.Int.Input("size", default=0, min=0, max=4096, step=8,
                              tooltip="Longer side the frames are processed at; 0 = as given (the tune "
                                      "node's frames are already at the tuning size). The output has the "
@@ -372,8 +295,8 @@ class EI2Edit(PackNode):
 
     @classmethod
     def execute(cls, ei2_model: EI2ModelHandle, frames, edit_prompt, inversion_prompt="", negative_prompt="",
-                steps=50, cfg=7.5, init="inversion", seed=0, size=0) -> io.NodeOutput:
-        config = EditConfig(steps=int(steps), cfg=float(cfg), init=init, seed=int(seed)).validate()
+                size=0, **params) -> io.NodeOutput:
+        config = EDIT.config(params).validate()
         bb = ei2_model.backbone.backbone
         model = ei2_model.get_module()
         total = config.steps * (2 if config.init == "inversion" else 1)

@@ -16,34 +16,19 @@ from ..fdd.distill.dataset import FDDDataset
 from ..fdd.distill.discriminators import load_dinov2
 from ..fdd.distill.plot import render_loss_curve
 from . import _runtime as rt
-from ._inputs import PackNode
+from ._inputs import ConfigInputs, PackNode
+from .loaders import AdapterLoader, LoaderSpec
 from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, VideoAdapter
 
 CATEGORY = "video edit (fdd)/training"
+ALIGN = ConfigInputs(FDDConfig, ["iterations_sds", "global_batch", "micro_batch", "lr", "lora_rank", "k_steps",
+                                 "timestep_sampling", "alpha", "beta", "lam", "sds_weighting", "generator_loss",
+                                 "edit_teacher_cfg", "edit_teacher_image_cfg", "video_teacher_cfg",
+                                 "teacher_sample_steps", "use_sds", "use_discriminators", "augment",
+                                 "gradient_checkpointing", "dino_resolution", "seed", "checkpoint_every", "resume"])
 
 Dino = io.Custom("FDD_DINO")
 Dataset = io.Custom("FDD_DATASET")
-
-#: model folders these nodes read (also listed in the report for nodes/_runtime.PACK_FOLDERS)
-FOLDERS = {"dinov2": {".json", ".safetensors"}, "fdd_datasets": {".jsonl", ".csv"}}
-
-
-def _register_folders() -> None:
-    """Make sure ComfyUI knows ``models/dinov2`` and ``models/fdd_datasets`` (kept if already
-    registered, e.g. by extra_model_paths.yaml or the pack's folder list)."""
-    for name, exts in FOLDERS.items():
-        default = os.path.join(folder_paths.models_dir, name)
-        if name in folder_paths.folder_names_and_paths:
-            paths, old = folder_paths.folder_names_and_paths[name]
-            if default not in paths:
-                paths.append(default)
-            folder_paths.folder_names_and_paths[name] = (paths, set(old) | exts)
-        else:
-            folder_paths.folder_names_and_paths[name] = ([default], set(exts))
-
-
-_register_folders()
-
 
 def _is_dino(path: str) -> bool:
     cfg = os.path.join(path, "config.json")
@@ -63,28 +48,18 @@ class DatasetHandle:
     name: str
 
 
-class LoadDINOv2(PackNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FDD_LoadDINOv2",
-            display_name="FDD Load DINOv2 (discriminator features)",
-            category=CATEGORY,
-            description="Loads a DINOv2 ViT (e.g. facebook/dinov2-small) from a transformers folder in "
-                        "models/dinov2: the frozen feature network of FDD's discriminators (EVE §3.3.2).",
-            inputs=[
-                io.Combo.Input("dino_name", options=rt.list_subfolders("dinov2", _is_dino),
-                               tooltip="A folder in models/dinov2 with config.json and model.safetensors "
-                                       "(the files of facebook/dinov2-small; old and new key names load)."),
-            ],
-            outputs=[Dino.Output(display_name="dino")],
-        )
+class LoadDINOv2(AdapterLoader):
+    SPEC = LoaderSpec(
+        "FDD_LoadDINOv2", "FDD Load DINOv2 (discriminator features)",
+        "Loads a DINOv2 ViT (e.g. facebook/dinov2-small) from a transformers folder in models/dinov2: the frozen "
+        "feature network of FDD's discriminators (EVE §3.3.2).",
+        "dino_name", "A folder in models/dinov2 with config.json and model.safetensors (the files of "
+                     "facebook/dinov2-small; old and new key names load).",
+        "dinov2", "dinov2", Dino, "dino", folders_only=_is_dino, category=CATEGORY)
 
-    @classmethod
-    def execute(cls, dino_name: str) -> io.NodeOutput:
-        path = rt.resolve_folder("dinov2", dino_name, "dino_name")
-        model = rt.CACHE.get("dinov2", path, lambda: load_dinov2(path))
-        return io.NodeOutput(AdapterHandle(model, dino_name, path))
+    @staticmethod
+    def load(path: str):
+        return load_dinov2(path)
 
 
 class FDDDatasetNode(PackNode):
@@ -155,60 +130,14 @@ class FDDAlign(PackNode):
                                            "the edit adapter with the backbone's LoRAs instead (§4.4)."),
                 io.Int.Input("iterations", default=1500, min=1, max=1000000,
                              tooltip="Total training iterations (1500 in the paper)."),
-                io.Int.Input("sds_iterations", default=1000, min=0, max=1000000,
-                             tooltip="Phase 1 length: iterations with SDS only; the adversarial terms join "
-                                     "after it (1000 in the paper)."),
-                io.Int.Input("global_batch", default=64, min=1, max=4096,
-                             tooltip="Samples per optimiser step, reached by gradient accumulation (64)."),
-                io.Int.Input("micro_batch", default=1, min=1, max=64,
-                             tooltip="Samples per forward / backward pass (memory vs speed)."),
-                io.Float.Input("learning_rate", default=1e-5, min=0.0, max=1.0, step=1e-6,
-                               tooltip="AdamW learning rate of the LoRA and the discriminator heads (1e-5, no warm-up)."),
-                io.Int.Input("lora_rank", default=16, min=1, max=256, tooltip="Rank of the aligned LoRA."),
-                io.Int.Input("k_steps", default=3, min=1, max=50,
-                             tooltip="Student DDIM steps per generation, back-propagated through (3 in the paper)."),
-                io.Combo.Input("timestep_sampling", options=["kbin", "uniform", "random"], default="kbin",
-                               tooltip="kbin: one step drawn in each of k equal bins (§3.3.1); uniform: the same "
-                                       "k DDIM steps every time (the paper's ablation)."),
-                io.Float.Input("alpha", default=0.5, min=0.0, max=10.0, step=0.05,
-                               tooltip="Weight α of the edit-teacher terms."),
-                io.Float.Input("beta", default=0.5, min=0.0, max=10.0, step=0.05,
-                               tooltip="Weight β of the video-teacher terms."),
-                io.Float.Input("sds_lambda", default=2.5, min=0.0, max=100.0, step=0.1,
-                               tooltip="λ, the weight of SDS against the adversarial loss (2.5, as ADD)."),
-                io.Combo.Input("sds_weighting", options=["alpha", "sigma2", "constant"], default="alpha",
-                               tooltip="c(t) of SDS: alpha = sqrt(alpha_bar_t) (ADD), sigma2 = 1 - alpha_bar_t "
-                                       "(DreamFusion), constant = 1."),
-                io.Combo.Input("generator_loss", options=["add", "paper"], default="add",
-                               tooltip="Student hinge loss: add = -E[D] (ADD / Geometric GAN); paper = "
-                                       "-E[max(0, 1 + D)] as printed (no gradient once D < -1)."),
-                io.Float.Input("edit_teacher_cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="Text guidance of the edit teacher (SDS and its samples)."),
-                io.Float.Input("edit_teacher_image_cfg", default=1.5, min=0.0, max=30.0, step=0.05,
-                               tooltip="Image guidance of the edit teacher (InstructPix2Pix)."),
-                io.Float.Input("video_teacher_cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the video (or LoRA) teacher."),
-                io.Int.Input("teacher_sample_steps", default=20, min=1, max=200,
-                             tooltip="DDIM steps of the teachers' samples the discriminators see as real."),
-                io.Boolean.Input("use_sds", default=True,
-                                 tooltip="Off: the 'w/o SDS' ablation; the SDS-only phase is then skipped "
-                                         "(sds_iterations ignored) and every iteration is adversarial."),
-                io.Boolean.Input("use_discriminators", default=True,
-                                 tooltip="Off: the 'w/o discriminators' ablation (SDS only)."),
-                io.Boolean.Input("augment", default=True,
-                                 tooltip="DiffAugment (colour, translation, cutout) before the discriminators."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute each student step in the backward: far less memory, ~1.3x time."),
-                io.Int.Input("dino_resolution", default=224, min=14, max=1024,
-                             tooltip="Image size fed to DINOv2 (rounded to its patch size)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of every random draw; the same seed reproduces the run."),
-                io.Int.Input("checkpoint_every", default=100, min=0, max=100000,
-                             tooltip="Write a checkpoint every N iterations (0: only at the end and on Cancel)."),
+                *ALIGN.inputs("iterations_sds", "global_batch", "micro_batch", "lr", "lora_rank", "k_steps",
+                              "timestep_sampling", "alpha", "beta", "lam", "sds_weighting", "generator_loss",
+                              "edit_teacher_cfg", "edit_teacher_image_cfg", "video_teacher_cfg",
+                              "teacher_sample_steps", "use_sds", "use_discriminators", "augment",
+                              "gradient_checkpointing", "dino_resolution", "seed", "checkpoint_every"),
                 io.String.Input("run_name", default="fdd_align",
                                 tooltip="Checkpoints go to output/fdd/runs/<run_name>/checkpoint.pt."),
-                io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue from the run's checkpoint when one exists."),
+                *ALIGN.inputs("resume"),
                 io.String.Input("lora_name", default="fdd_aligned_lora.safetensors",
                                 tooltip="File name of the exported LoRA (kohya format, ComfyUI's LoraLoader reads it)."),
                 io.Combo.Input("save_to", options=["output", "models/loras"], default="output",
@@ -223,16 +152,13 @@ class FDDAlign(PackNode):
     @classmethod
     def execute(cls, backbone: BackboneHandle, edit_adapter: AdapterHandle, dino: AdapterHandle,
                 dataset: DatasetHandle, video_adapter: AdapterHandle | None = None, iterations=1500,
-                sds_iterations=1000, global_batch=64, micro_batch=1, learning_rate=1e-5, lora_rank=16, k_steps=3,
-                timestep_sampling="kbin", alpha=0.5, beta=0.5, sds_lambda=2.5, sds_weighting="alpha",
-                generator_loss="add", edit_teacher_cfg=7.5, edit_teacher_image_cfg=1.5, video_teacher_cfg=7.5,
-                teacher_sample_steps=20, use_sds=True, use_discriminators=True, augment=True,
-                gradient_checkpointing=True, dino_resolution=224, seed=0, checkpoint_every=100,
-                run_name="fdd_align", resume=True, lora_name="fdd_aligned_lora.safetensors",
-                save_to="output") -> io.NodeOutput:
+                run_name="fdd_align", lora_name="fdd_aligned_lora.safetensors", save_to="output",
+                **params) -> io.NodeOutput:
         from ..fdd.distill.trainer import make_trainer
         from ..fdd.models.lora import read_lora
 
+        values = ALIGN.values(params)
+        sds_iterations, use_sds = values["iterations_sds"], values["use_sds"]
         if sds_iterations > iterations:
             raise ValueError(f"sds_iterations: must be <= iterations ({iterations}), got {sds_iterations}")
         name = os.path.basename(run_name.strip()) or "fdd_align"
@@ -259,15 +185,9 @@ class FDDAlign(PackNode):
             combination="edit+video" if video else "edit+lora",
             teacher_lora=None if video else ",".join(backbone.lora_names),
             num_frames=ds.num_frames, height=ds.height, width=ds.width, frame_stride=ds.frame_stride,
-            iterations_sds=sds_iterations if use_sds else 0,
-            iterations_adv=iterations - (sds_iterations if use_sds else 0), global_batch=global_batch,
-            micro_batch=micro_batch, lr=learning_rate, d_lr=learning_rate, lora_rank=lora_rank,
-            lora_targets=DEFAULT_LORA_TARGETS, k_steps=k_steps, timestep_sampling=timestep_sampling,
-            alpha=alpha, beta=beta, lam=sds_lambda, sds_weighting=sds_weighting, generator_loss=generator_loss,
-            edit_teacher_cfg=edit_teacher_cfg, edit_teacher_image_cfg=edit_teacher_image_cfg,
-            video_teacher_cfg=video_teacher_cfg, teacher_sample_steps=teacher_sample_steps, use_sds=use_sds,
-            use_discriminators=use_discriminators, augment=augment, gradient_checkpointing=gradient_checkpointing,
-            dino_resolution=dino_resolution, seed=seed, checkpoint_every=checkpoint_every, resume=resume,
+            **{**values, "iterations_sds": sds_iterations if use_sds else 0},
+            iterations_adv=iterations - (sds_iterations if use_sds else 0), d_lr=values["lr"],
+            lora_targets=DEFAULT_LORA_TARGETS,
             output_dir=os.path.join(folder_paths.get_output_directory(), "fdd", "runs", name),
             lora_name=lora_file, device=str(device)).validate()
         if device.type != "cpu":

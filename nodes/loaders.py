@@ -4,6 +4,8 @@ module), LoRA (stackable) and text-to-video UNet3D. Files come from ComfyUI's mo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from comfy_api.v0_0_2 import io
 
@@ -97,53 +99,86 @@ class LoadBackbone(PackNode):
         return io.NodeOutput(BackboneHandle(bb, ckpt_name))
 
 
-class LoadEditAdapter(PackNode):
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What an :class:`AdapterLoader` node shows and where its choice comes from."""
+
+    node_id: str
+    display_name: str
+    description: str
+    input: str  # the choice's input name
+    tooltip: str
+    folder: str  # the ComfyUI model folder
+    cache_kind: str
+    output: Any  # the output socket type
+    output_name: str
+    #: None: the folder's files and its model sub-folders (listed as 'diffusers/NAME'); a test
+    #: ``f(path) -> bool``: only the sub-folders it accepts (a diffusers / transformers folder kind)
+    folders_only: Callable[[str], bool] | None = None
+    category: str = CATEGORY
+
+    def options(self) -> list[str]:
+        if self.folders_only is not None:
+            return rt.list_subfolders(self.folder, self.folders_only)
+        return _file_and_folder_options(self.folder, _has_config)
+
+    def resolve(self, choice: str) -> str:
+        if self.folders_only is not None:
+            return rt.resolve_folder(self.folder, choice, self.input)
+        return _resolve_choice(self.folder, choice, self.input)
+
+
+class AdapterLoader(PackNode):
+    """A node that loads one model chosen from a ComfyUI model folder into an
+    :class:`AdapterHandle`: subclasses give a :class:`LoaderSpec` and ``load(path)``."""
+
+    SPEC: LoaderSpec
+
+    @staticmethod
+    def load(path: str):
+        raise NotImplementedError
+
     @classmethod
     def define_schema(cls):
-        options = _file_and_folder_options("controlnet", _has_config)
-        return io.Schema(
-            node_id="FDD_LoadEditAdapter",
-            display_name="FDD Load Edit Adapter (ControlNet)",
-            category=CATEGORY,
-            description="Loads the image-editing adapter: an instruction ControlNet such as "
-                        "control_v11e_sd15_ip2p, which gets the input frame and the edit instruction.",
-            inputs=[
-                io.Combo.Input("controlnet_name", options=options,
-                               tooltip="A ControlNet from models/controlnet: an LDM single file "
-                                       "(control_model.* keys) or a diffusers folder ('diffusers/NAME')."),
-            ],
-            outputs=[EditAdapter.Output(display_name="edit_adapter")],
-        )
+        spec = cls.SPEC
+        return io.Schema(node_id=spec.node_id, display_name=spec.display_name, category=spec.category,
+                         description=spec.description,
+                         inputs=[io.Combo.Input(spec.input, options=spec.options(), tooltip=spec.tooltip)],
+                         outputs=[spec.output.Output(display_name=spec.output_name)])
 
     @classmethod
-    def execute(cls, controlnet_name: str) -> io.NodeOutput:
-        path = _resolve_choice("controlnet", controlnet_name, "controlnet_name")
-        cn = rt.CACHE.get("controlnet", path, lambda: load_controlnet(path).requires_grad_(False))
-        return io.NodeOutput(AdapterHandle(cn, controlnet_name, path))
+    def execute(cls, **choice) -> io.NodeOutput:
+        name = choice[cls.SPEC.input]
+        path = cls.SPEC.resolve(name)
+        module = rt.CACHE.get(cls.SPEC.cache_kind, path, lambda: cls.load(path))
+        return io.NodeOutput(AdapterHandle(module, name, path))
 
 
-class LoadVideoAdapter(PackNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FDD_LoadVideoAdapter",
-            display_name="FDD Load Video Adapter (AnimateDiff)",
-            category=CATEGORY,
-            description="Loads the video-generation adapter: AnimateDiff motion modules (v1, v2, v3 "
-                        "original files, or a diffusers MotionAdapter folder).",
-            inputs=[
-                io.Combo.Input("motion_module", options=_file_and_folder_options("animatediff_models", _has_config),
-                               tooltip="A motion module from models/animatediff_models, e.g. "
-                                       "mm_sd_v15_v2.ckpt."),
-            ],
-            outputs=[VideoAdapter.Output(display_name="video_adapter")],
-        )
+class LoadEditAdapter(AdapterLoader):
+    SPEC = LoaderSpec(
+        "FDD_LoadEditAdapter", "FDD Load Edit Adapter (ControlNet)",
+        "Loads the image-editing adapter: an instruction ControlNet such as control_v11e_sd15_ip2p, which gets "
+        "the input frame and the edit instruction.",
+        "controlnet_name", "A ControlNet from models/controlnet: an LDM single file (control_model.* keys) or a "
+                           "diffusers folder ('diffusers/NAME').",
+        "controlnet", "controlnet", EditAdapter, "edit_adapter")
 
-    @classmethod
-    def execute(cls, motion_module: str) -> io.NodeOutput:
-        path = _resolve_choice("animatediff_models", motion_module, "motion_module")
-        ad = rt.CACHE.get("motion", path, lambda: load_motion_adapter(path).requires_grad_(False))
-        return io.NodeOutput(AdapterHandle(ad, motion_module, path))
+    @staticmethod
+    def load(path: str):
+        return load_controlnet(path).requires_grad_(False)
+
+
+class LoadVideoAdapter(AdapterLoader):
+    SPEC = LoaderSpec(
+        "FDD_LoadVideoAdapter", "FDD Load Video Adapter (AnimateDiff)",
+        "Loads the video-generation adapter: AnimateDiff motion modules (v1, v2, v3 original files, or a "
+        "diffusers MotionAdapter folder).",
+        "motion_module", "A motion module from models/animatediff_models, e.g. mm_sd_v15_v2.ckpt.",
+        "animatediff_models", "motion", VideoAdapter, "video_adapter")
+
+    @staticmethod
+    def load(path: str):
+        return load_motion_adapter(path).requires_grad_(False)
 
 
 class LoadLora(PackNode):
@@ -174,25 +209,15 @@ class LoadLora(PackNode):
         return io.NodeOutput(backbone.with_lora(lora, strength, lora_name))
 
 
-class LoadT2VUNet(PackNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FDD_LoadT2VUNet",
-            display_name="FDD Load Text-to-Video UNet3D",
-            category=CATEGORY,
-            description="Loads a ModelScope / Zeroscope text-to-video UNet3D from a diffusers folder "
-                        "(used as the video prior of ASSD).",
-            inputs=[
-                io.Combo.Input("model_folder", options=rt.list_subfolders("diffusers", _is_t2v_folder),
-                               tooltip="A folder in models/diffusers holding a UNet3DConditionModel "
-                                       "(the pipeline folder with unet/, or the unet folder itself)."),
-            ],
-            outputs=[T2VUNet.Output(display_name="t2v_unet")],
-        )
+class LoadT2VUNet(AdapterLoader):
+    SPEC = LoaderSpec(
+        "FDD_LoadT2VUNet", "FDD Load Text-to-Video UNet3D",
+        "Loads a ModelScope / Zeroscope text-to-video UNet3D from a diffusers folder (used as the video prior "
+        "of ASSD).",
+        "model_folder", "A folder in models/diffusers holding a UNet3DConditionModel (the pipeline folder with "
+                        "unet/, or the unet folder itself).",
+        "diffusers", "t2v", T2VUNet, "t2v_unet", folders_only=_is_t2v_folder)
 
-    @classmethod
-    def execute(cls, model_folder: str) -> io.NodeOutput:
-        path = rt.resolve_folder("diffusers", model_folder, "model_folder")
-        unet = rt.CACHE.get("t2v", path, lambda: load_t2v_unet(path).requires_grad_(False))
-        return io.NodeOutput(AdapterHandle(unet, model_folder, path))
+    @staticmethod
+    def load(path: str):
+        return load_t2v_unet(path).requires_grad_(False)

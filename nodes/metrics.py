@@ -22,11 +22,9 @@ NONE = "none"
 
 
 def _roots() -> list[str]:
-    """The ``fdd_metrics`` model folders (registered by the pack; ``<models>/fdd_metrics`` if not)."""
+    """The ``fdd_metrics`` model folders (registered with the pack's others, ``nodes/_runtime``)."""
     import folder_paths
 
-    if FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], set())
     return folder_paths.get_folder_paths(FOLDER)
 
 

@@ -64,3 +64,51 @@ def test_node_defaults_equal_the_config_defaults(comfy_pack, node_id):
     stale = [k for (n, k) in KNOWN if n == node_id and k not in differ]
     assert not stale, f"{node_id}: {stale} listed as differing but now agree: drop them from KNOWN"
     assert compared >= 4
+
+
+@pytest.mark.parametrize("node_id", sorted(PAIRS))
+def test_config_inputs_are_built_from_the_config_declarations(comfy_pack, node_id):
+    """Each input that sets a declared config field (fdd.params.param) takes its tooltip and
+    range from the declaration: the text and bounds are written once, on the config field."""
+    import importlib
+
+    from fdd.params import declared
+
+    path, _ = PAIRS[node_id]
+    mod, name = path.split(":")
+    fields = declared(getattr(importlib.import_module(mod), name))
+    assert len(fields) >= 4, f"{path} declares {len(fields)} params"
+    info = comfy_pack[node_id].GET_NODE_INFO_V1()["input"]
+    specs = {**info.get("required", {}), **info.get("optional", {})}
+    by_input = {d.input_name: d for d in fields.values()}
+    built = 0
+    for input_name, spec in specs.items():
+        d = by_input.get(input_name)
+        if d is None:
+            continue
+        opts = spec[1]
+        assert opts["tooltip"] == d.param.tooltip, (node_id, input_name)
+        for key in ("min", "max"):
+            if getattr(d.param, key) is not None:
+                assert opts[key] == getattr(d.param, key), (node_id, input_name, key)
+        if d.param.options is not None:
+            assert list(spec[1].get("options", spec[0])) == list(d.param.options), (node_id, input_name)
+        built += 1
+    assert built >= 4
+
+
+def test_config_inputs_refuse_undeclared_fields_and_fill_node_defaults(comfy_pack):
+    from fdd_pack.nodes._inputs import ConfigInputs
+
+    from fdd.pipelines import PlugAndPlayConfig
+
+    with pytest.raises(TypeError, match=r"\['branch_split'\] are not declared"):
+        ConfigInputs(PlugAndPlayConfig, ["steps", "branch_split"])
+    with pytest.raises(TypeError, match=r"\['nope'\] are not declared"):
+        ConfigInputs(PlugAndPlayConfig, ["steps"], nope=1)
+    inputs = ConfigInputs(PlugAndPlayConfig, ["steps", "text_cfg"], text_cfg=1.0)
+    cfg = inputs.config({"steps": 3})
+    assert (cfg.steps, cfg.text_cfg, cfg.image_cfg) == (3, 1.0, 1.5)  # node default, config default
+    assert inputs.config({"cfg": 2.5}).text_cfg == 2.5  # by the node's input name
+    with pytest.raises(TypeError, match="not among this node's fields"):
+        inputs.inputs("image_cfg")

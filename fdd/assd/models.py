@@ -32,6 +32,7 @@ import torch
 
 from ..models.errors import ModelLoadError
 from ..pipelines.common import encode_prompts
+from ..memory import Placed
 from ..sampling import DDIMSchedule
 from .attention import spatial_self_attention_layers
 
@@ -44,7 +45,7 @@ class LatentSpaceMismatch(ValueError):
 # noise predictors
 
 
-class VideoPrior:
+class VideoPrior(Placed):
     """eps_theta of the paper: a text-conditioned noise predictor for video latents
     ``(B, C, F, h, w)``, with the tokenizer / text encoder that make its conditioning."""
 
@@ -55,14 +56,6 @@ class VideoPrior:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.source = source
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
 
     @property
     def in_channels(self) -> int:
@@ -113,7 +106,7 @@ class MotionPrior(VideoPrior):
         return self.unet(x.to(dt), t, encoder_hidden_states=emb, return_dict=False)[0].float()
 
 
-class ImagePrior:
+class ImagePrior(Placed):
     """eps_Omega of the paper (Eq. 9): an SD 1.x ``UNet2DConditionModel`` on single frames."""
 
     def __init__(self, unet: torch.nn.Module, tokenizer, text_encoder, vae=None,
@@ -127,10 +120,6 @@ class ImagePrior:
         self.vae_scale_factor = int(vae_scale_factor)
         self.schedule = schedule or DDIMSchedule()
         self.source = source
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
 
     def size_multiple(self) -> int:
         return 2 ** (len(self.unet.config.block_out_channels) - 1)

@@ -35,6 +35,7 @@ import torch
 
 from ..video import (as_video, check_clip, decode_video, encode_video, fit_size, frames_to_pixels, pixels_to_frames,
                      resize_pixels, video_frames)
+from ..params import param
 from ..sampling import add_noise, classifier_free_guidance
 from ..sampling.control import CancelCheck, ProgressCallback, report
 from .attention import AttentionFusion
@@ -81,30 +82,52 @@ class ASSDConfig:
     separate calls (same result; for memory-bound cases and for the bench).
     """
 
-    steps: int = 200
-    lr: float = 0.1
-    guidance_scale: float = 7.5
-    image_guidance_scale: float = 7.5
-    t_min: int = 50
-    t_max: int = 950
-    loss_scale: float = 2000.0
+    steps: int = param(200, "SGD steps on the latent (paper: 200). Each step is one batched video UNet call (and "
+                            "one image UNet call with joint guidance).", min=1, max=10000)
+    lr: float = param(0.1, "SGD learning rate (paper: 0.1). The gradient is scaled as in DDS: loss_scale / (latent "
+                           "height x width).", min=0.0, max=100.0, step=0.001)
+    guidance_scale: float = param(7.5, "Classifier-free guidance w of the video prior, on both branches. 1 skips "
+                                       "the unconditional branches.", min=0.0, max=30.0, step=0.1, input_name="cfg")
+    image_guidance_scale: float = param(7.5, "Classifier-free guidance of the image model in the joint guidance.",
+                                        min=0.0, max=30.0, step=0.1, input_name="image_cfg")
+    t_min: int = param(50, "Smallest timestep drawn each step (DDS: 50).", min=0, max=999)
+    t_max: int = param(950, "Timesteps are drawn below this (DDS: 950).", min=1, max=1000)
+    loss_scale: float = param(2000.0, "DDS loss scale: the update is lr x loss_scale / (h x w) x gradient, h x w "
+                                      "the latent frame size (DDS reference code: 2000).", min=0.0, max=1e6, step=1.0)
     normalize_by_area: bool = True
-    seed: int = 0
-    negative_prompt: str = ""
-    smoothing: bool = True
-    center_weight: float = 0.67
-    smooth_boundary: str = "renormalize"
-    mask: bool = True
-    tau: float = 0.2
-    mask_channels: str = "elementwise"
-    mask_invert: bool = False
-    joint_guidance: bool = True
-    keyframe_stride: int = 4
+    seed: int = param(0, "Seed of the timesteps and noises of all steps; the same seed gives the same result.",
+                      min=0, max=0xFFFFFFFFFFFFFFFF, seed=True)
+    negative_prompt: str = param("", "Text of the unconditional branches of classifier-free guidance.",
+                                 multiline=True)
+    smoothing: bool = param(True, "ASSD sliding-window smoothing of the reference prediction along frames (Eq. 6). "
+                                  "Off together with 'mask': plain Video DDS (Eq. 5).")
+    center_weight: float = param(0.67, "gamma_i of Eq. 6, the current frame's weight (paper: 0.67); the two "
+                                       "neighbours share the rest equally.", min=0.0, max=1.0, step=0.01)
+    smooth_boundary: str = param("renormalize", "First / last frame, which miss a neighbour: 'renormalize' rescales "
+                                                "the two remaining weights to sum 1, 'replicate' repeats the frame, "
+                                                "'reflect' uses the other neighbour twice.", options=SMOOTH_BOUNDARIES)
+    mask: bool = param(True, "Adaptive mask (Eq. 7): smooth only where |eps_edit - eps_ref| is below its maximum "
+                             "over frames minus tau; elsewhere plain DDS (Eq. 8). Off with smoothing on: smooth "
+                             "everywhere.")
+    tau: float = param(0.2, "tau of Eq. 7 (not given in the paper). Larger: fewer positions smoothed.", min=0.0,
+                       max=100.0, step=0.01)
+    mask_channels: str = param("elementwise", "'elementwise': Eq. 7 per latent element; 'mean': one mask per pixel "
+                                              "from the channel-averaged difference.", options=MASK_CHANNEL_MODES)
+    mask_invert: bool = param(False, "Swap the mask's 0 and 1 (smooth where the difference is near its temporal "
+                                     "peak). Off follows Eq. 7 as written.")
+    joint_guidance: bool = param(True, "Image-based joint guidance (Eq. 9-10): the backbone (SD 1.x) adds DDS "
+                                       "gradients on keyframes. Needs 'backbone'.")
+    keyframe_stride: int = param(4, "Joint guidance on every n-th frame (0, n, 2n, ...).", min=1, max=1024)
     keyframe_offset: int = 0
-    image_weight: float = 1.0
-    attention_fusion: bool = True
-    fusion_lambda: float = 0.8
-    fusion_layers: int = 3
+    image_weight: float = param(1.0, "Weight of the image gradient in the sum of Eq. 10 (paper: 1).", min=0.0,
+                                max=10.0, step=0.05)
+    attention_fusion: bool = param(True, "Weighted attention fusion (Eq. 11-13) in the editing branch's last "
+                                         "spatial self-attention layers; temporal attention untouched.")
+    fusion_lambda: float = param(0.8, "lambda of Eq. 13 (paper: 0.8): 0 plain self-attention, 1 all reference "
+                                      "attention. Larger keeps more of the source, edits less.", min=0.0, max=1.0,
+                                 step=0.01)
+    fusion_layers: int = param(3, "How many of the last spatial self-attention layers fuse (3 = the last up block "
+                                  "of ModelScope / Zeroscope / SD 1.x).", min=1, max=64)
     batch_branches: bool = True
 
     @classmethod

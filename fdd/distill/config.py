@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..params import param
+
 #: EVE §4.0.2: the seven Emu Edit tasks each record is labelled with
 TASKS = ("Add", "Remove", "Background", "Texture", "Local", "Style", "Global")
 
@@ -63,54 +65,72 @@ class FDDConfig:
     width: int = 512
     frame_stride: int = 1
     # schedule / optimisation
-    iterations_sds: int = 1000
+    iterations_sds: int = param(1000, "Phase 1 length: iterations with SDS only; the adversarial terms join after it "
+                                      "(1000 in the paper).", min=0, max=1000000, input_name="sds_iterations")
     iterations_adv: int = 500
-    global_batch: int = 64
-    micro_batch: int = 1
-    lr: float = 1e-5
+    global_batch: int = param(64, "Samples per optimiser step, reached by gradient accumulation (64).", min=1,
+                              max=4096)
+    micro_batch: int = param(1, "Samples per forward / backward pass (memory vs speed).", min=1, max=64)
+    lr: float = param(1e-5, "AdamW learning rate of the LoRA and the discriminator heads (1e-5, no warm-up).",
+                      min=0.0, max=1.0, step=1e-6, input_name="learning_rate")
     d_lr: float = 1e-5
     adam_betas: tuple = (0.9, 0.999)
     weight_decay: float = 1e-2
     # LoRA θ_align
-    lora_rank: int = 16
+    lora_rank: int = param(16, "Rank of the aligned LoRA.", min=1, max=256)
     lora_alpha: float | None = None  # None: = rank (scale 1)
     lora_targets: tuple = DEFAULT_LORA_TARGETS
     # student generation (§3.3.1)
-    k_steps: int = 3
-    timestep_sampling: str = "kbin"  # "kbin" | "uniform" (Table 2 ablation) | "random"
+    k_steps: int = param(3, "Student DDIM steps per generation, back-propagated through (3 in the paper).", min=1,
+                         max=50)
+    timestep_sampling: str = param("kbin", "kbin: one step drawn in each of k equal bins (§3.3.1); uniform: the same k "
+                                           "DDIM steps every time (the paper's ablation).",
+                                   options=("kbin", "uniform", "random"))
     student_cfg: float = 1.0
     student_image_cfg: float = 1.0
     control_strength: float = 1.0
     # SDS (§3.2)
-    sds_weighting: str = "alpha"  # c(t): "alpha" (ADD: sqrt(alpha_bar_t)) | "sigma2" | "constant"
+    sds_weighting: str = param("alpha", "c(t) of SDS: alpha = sqrt(alpha_bar_t) (ADD), sigma2 = 1 - alpha_bar_t "
+                                        "(DreamFusion), constant = 1.", options=("alpha", "sigma2", "constant"))
     sds_t_min: float = 0.02
     sds_t_max: float = 0.98
-    edit_teacher_cfg: float = 7.5
-    edit_teacher_image_cfg: float = 1.5
-    video_teacher_cfg: float = 7.5
+    edit_teacher_cfg: float = param(7.5, "Text guidance of the edit teacher (SDS and its samples).", min=0.0,
+                                    max=30.0, step=0.1)
+    edit_teacher_image_cfg: float = param(1.5, "Image guidance of the edit teacher (InstructPix2Pix).", min=0.0,
+                                          max=30.0, step=0.05)
+    video_teacher_cfg: float = param(7.5, "Classifier-free guidance of the video (or LoRA) teacher.", min=0.0,
+                                     max=30.0, step=0.1)
     # adversarial (§3.2, §3.3.2)
-    generator_loss: str = "add"  # "add": -E[D] (ADD, Geometric GAN) | "paper": -E[max(0, 1 + D)]
-    teacher_sample_steps: int = 20
+    generator_loss: str = param("add", "Student hinge loss: add = -E[D] (ADD / Geometric GAN); paper = "
+                                       "-E[max(0, 1 + D)] as printed (no gradient once D < -1).",
+                                options=("add", "paper"))
+    teacher_sample_steps: int = param(20, "DDIM steps of the teachers' samples the discriminators see as real.",
+                                      min=1, max=200)
     dino_layers: tuple | None = None  # None: 4 evenly spaced blocks (ADD: 2, 5, 8, 11 of ViT-S)
-    dino_resolution: int = 224
+    dino_resolution: int = param(224, "Image size fed to DINOv2 (rounded to its patch size).", min=14, max=1024)
     disc_dim: int = 128
     disc_heads: int = 4
-    augment: bool = True
+    augment: bool = param(True, "DiffAugment (colour, translation, cutout) before the discriminators.")
     # objective (§3.2)
-    alpha: float = 0.5
-    beta: float = 0.5
-    lam: float = 2.5
+    alpha: float = param(0.5, "Weight α of the edit-teacher terms.", min=0.0, max=10.0, step=0.05)
+    beta: float = param(0.5, "Weight β of the video-teacher terms.", min=0.0, max=10.0, step=0.05)
+    lam: float = param(2.5, "λ, the weight of SDS against the adversarial loss (2.5, as ADD).", min=0.0, max=100.0,
+                       step=0.1, input_name="sds_lambda")
     # Table 2 ablation switches ("w/o alignment" is the plug-and-play sampler: no training)
-    use_sds: bool = True
-    use_discriminators: bool = True
+    use_sds: bool = param(True, "Off: the 'w/o SDS' ablation; the SDS-only phase is then skipped (sds_iterations "
+                                "ignored) and every iteration is adversarial.")
+    use_discriminators: bool = param(True, "Off: the 'w/o discriminators' ablation (SDS only).")
     # engineering
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = param(True, "Recompute each student step in the backward: far less memory, "
+                                               "~1.3x time.")
     mixed_precision: str = "auto"  # "auto" (bf16 / fp16 on CUDA, none on CPU) | "no" | "bf16" | "fp16"
     device: str = "auto"
-    seed: int = 0
+    seed: int = param(0, "Seed of every random draw; the same seed reproduces the run.", min=0, max=0xFFFFFFFF,
+                      seed=True)
     output_dir: str = "fdd_run"
-    checkpoint_every: int = 100
-    resume: bool = True
+    checkpoint_every: int = param(100, "Write a checkpoint every N iterations (0: only at the end and on Cancel).",
+                                  min=0, max=100000)
+    resume: bool = param(True, "Continue from the run's checkpoint when one exists.")
     lora_name: str = "fdd_aligned_lora.safetensors"
 
     # ------------------------------------------------------------------------------------

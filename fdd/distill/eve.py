@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..params import param
 from ..pipelines.plug_and_play import PlugAndPlayConfig, edit_video, plug_and_play_edit
 from ..pipelines.stack import VideoEditStack
 from ..sampling import DDIMSchedule
@@ -47,12 +48,28 @@ class EVEConfig(PlugAndPlayConfig):
     first frame edited by the edit teacher with ``first_frame_steps`` DDIM steps and the
     InstructPix2Pix guidance ``first_frame_cfg`` / ``first_frame_image_cfg``."""
 
-    context_frames: int = 8
-    context_overlap: int = 2
-    first_frame: str = "edit"  # "edit" | "none"
-    first_frame_steps: int = 20
-    first_frame_cfg: float = 7.5
-    first_frame_image_cfg: float = 1.5
+    steps: int = param(20, "DDIM steps (K-bin training keeps the student usable at more steps than k).",
+                       min=1, max=1000)
+    text_cfg: float = param(7.5, "Text guidance. 1 (the node's default): the aligned student was distilled from "
+                                 "guided teachers and is sampled unguided, as trained.", min=0.0, max=30.0,
+                            step=0.1, input_name="cfg")
+    image_cfg: float = param(1.5, "Image guidance through the edit adapter (1 skips that branch).", min=0.0,
+                             max=30.0, step=0.05)
+    context_frames: int = param(8, "Frames per window (8: the clip length FDD trains on).", min=1, max=128)
+    context_overlap: int = param(2, "Frames shared by consecutive windows (blended with linear ramps).",
+                                 min=0, max=127)
+    denoise: float = param(1.0, "1 starts from pure noise (the paper); lower values start the first-frame edit "
+                                "and the video from the input noised part-way (SDEdit), which keeps the layout "
+                                "of weak adapters.", min=0.01, max=1.0, step=0.01)
+    first_frame: str = param("edit", "edit: the first frame is edited by the edit adapter alone (no LoRA, no "
+                                     "motion modules) and pinned during sampling, the analogue of EVE's "
+                                     "first-frame conditioning for AnimateDiff; none: all frames sampled jointly.",
+                             options=("edit", "none"))
+    first_frame_steps: int = param(20, "DDIM steps of the first-frame edit.", min=1, max=1000)
+    first_frame_cfg: float = param(7.5, "Text guidance of the first-frame edit (the edit teacher is guided).",
+                                   min=0.0, max=30.0, step=0.1)
+    first_frame_image_cfg: float = param(1.5, "Image guidance of the first-frame edit.", min=0.0, max=30.0,
+                                         step=0.05)
 
     def validate(self) -> None:
         super().validate()

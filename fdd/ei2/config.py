@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ..params import param
+
 #: the spatial self-attention of every transformer block (§4.4 and the Fig. 5 ablation)
 ATTENTION_MODES = ("ffam", "sparse_causal", "full", "frame")
 #: the normalisation in front of the temporal attention (§4.3 and the Fig. 4 ablation)
@@ -67,18 +69,40 @@ class InflationConfig:
     - ``seed``: initialisation of the new weights (the same seed gives the same model).
     """
 
-    attention: str = "ffam"
-    ffam_ratio: int = 2
-    ffam_downsample: str = "avg"
-    temporal_module: bool = True
-    temporal_norm: str = "instance_centering"
-    centering_axis: str = "frames"
-    spectral_norm: bool = True
-    identity_init: str = "gate"
-    temporal_position: str = "after_ff"
+    attention: str = param("ffam", "Self-attention of every block: ffam = EI²'s fine-coarse frame attention (own "
+                                   "frame at full resolution + other frames downsampled by ffam_ratio); "
+                                   "sparse_causal = Tune-A-Video (first + previous frame); full = every token of "
+                                   "every frame (memory grows with frames²); frame = per-frame, no inflation.",
+                           options=ATTENTION_MODES, input_name="spatial_attention")
+    ffam_ratio: int = param(2, "r of FFAM (Eq. 10): other frames are downsampled r x r at each layer's own size, so "
+                               "a query sees l + (n-1)·l/r² keys. The paper uses 2 or 4; 1 = full resolution.",
+                            min=1, max=64)
+    ffam_downsample: str = param("avg", "How FFAM downsamples other frames: avg = r x r average pooling; nearest = "
+                                        "every r-th token.", options=DOWNSAMPLE_MODES)
+    temporal_module: bool = param(True, "Add the temporal module (STAM or its baselines) to every block; off = "
+                                        "spatial attention only.")
+    temporal_norm: str = param("instance_centering", "Normalisation before the temporal attention: "
+                                                     "instance_centering = STAM (Eq. 6, subtract the mean, no "
+                                                     "scaling); layer_norm = Tune-A-Video's TA module; "
+                                                     "layer_norm_no_affine = LN*; instance_norm = IN; none = no "
+                                                     "normalisation (EI² Fig. 4 ablation).", options=TEMPORAL_NORMS)
+    centering_axis: str = param("frames", "What instance centering averages over: frames = Eq. 6 (per channel and "
+                                          "location, over time: keeps the temporal variance); channels = per token "
+                                          "over features (LayerNorm's centring); frames_channels = over both.",
+                                options=CENTERING_AXES)
+    spectral_norm: bool = param(True, "Spectral-normalise the temporal attention's value and output projections "
+                                      "(Eq. 8). Off = 'IC w/o SN' / Tune-A-Video.")
+    identity_init: str = param("gate", "How the temporal module starts as the identity: gate = output x tanh(zero-"
+                                       "initialised gate) (works with spectral norm); zero_output = zero output "
+                                       "projection as Tune-A-Video (spectral_norm must be off); none = the paper as "
+                                       "written (not the identity at start).", options=IDENTITY_INITS)
+    temporal_position: str = param("after_ff", "Where the temporal module sits: after_ff = end of each transformer "
+                                               "block (Tune-A-Video's code); after_cross_attention = before the "
+                                               "feed-forward.", options=TEMPORAL_POSITIONS)
     heads: int = 0
     spectral_subspace: int = 8
-    seed: int = 0
+    seed: int = param(0, "Seed of the new temporal-module weights (same seed, same model).", min=0, max=0xFFFFFFFF,
+                      seed=True)
 
     def validate(self) -> InflationConfig:
         _check("attention", self.attention, ATTENTION_MODES)

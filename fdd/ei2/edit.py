@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..params import param
 from ..video import fit_size, frames_to_pixels, resize_pixels
 from ..sampling import DDIMSchedule, classifier_free_guidance, ddim_invert, ddim_sample
 from ..sampling.control import CancelCheck, ProgressCallback
@@ -59,10 +60,13 @@ class EditConfig:
     """Editing settings: 50 DDIM steps as Tune-A-Video; CFG 7.5 (EI² §5); ``init`` "inversion"
     (DDIM inversion of the input, §4.1) or "noise" (seeded Gaussian noise, no inversion)."""
 
-    steps: int = 50
-    cfg: float = 7.5
-    init: str = "inversion"
-    seed: int = 0
+    steps: int = param(50, "DDIM steps, used for the inversion and again for sampling (Tune-A-Video: 50). "
+                           "Progress counts both.", min=1, max=1000)
+    cfg: float = param(7.5, "Classifier-free guidance scale (paper: 7.5).", min=0.0, max=30.0, step=0.1)
+    init: str = param("inversion", "Start from the DDIM-inverted input (EI²) or from seeded noise.",
+                      options=INIT_MODES)
+    seed: int = param(0, "Seed of the noise when init is 'noise' (unused with inversion).", min=0,
+                      max=0xFFFFFFFFFFFFFFFF, seed=True)
 
     def validate(self) -> EditConfig:
         if self.steps < 1:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..memory import Placed
 from ..video import frame_batch, unframe_batch
 from .config import InflationConfig
 from .ffam import EI2SelfAttnProcessor, FrameState
@@ -89,7 +90,7 @@ def detached_copy(module: nn.Module, dtype: torch.dtype | None = None, device=No
         return new.requires_grad_(False)
 
 
-class InflatedUNet(nn.Module):
+class InflatedUNet(Placed, nn.Module):
     """EI²'s video UNet: the inflated diffusers UNet plus the per-call frame state.
 
     ``forward(sample (B, C, n, h, w), timestep, encoder_hidden_states (B, L, D))`` returns the
@@ -100,14 +101,6 @@ class InflatedUNet(nn.Module):
         self.unet = unet
         self.config = config
         self.state = state
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
 
     def temporal_modules(self) -> list[TemporalModule]:
         return [m for m in self.unet.modules() if isinstance(m, TemporalModule)]

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import torch
 
+from ..memory import Placed
 from ..models.errors import ModelLoadError
 
 EXPECTED_FILES = ("config.json (a CLIPModel config)", "model.safetensors or pytorch_model.bin",
@@ -51,7 +52,9 @@ def check_clip_folder(folder: str, kind: str = "CLIP") -> None:
         raise ModelLoadError(folder, f"missing {', '.join(missing)}.", exp)
 
 
-class CLIPScorer:
+class CLIPScorer(Placed):
+    placed_on = "model"
+
     """A transformers ``CLIPModel`` with its image processor and tokenizer.
 
     ``embed_images`` / ``embed_text`` return the raw projected embeddings (not normalised); the
@@ -64,10 +67,6 @@ class CLIPScorer:
         self.tokenizer = tokenizer
         self.source = source
         self.kind = kind
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def logit_scale(self) -> float:

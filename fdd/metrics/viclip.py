@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory import Placed
 from ..models.errors import ModelLoadError
 from ..video import as_video
 
@@ -274,17 +275,15 @@ def load_clip_tokenizer(folder: str, expected: str):
     raise ModelLoadError(folder, "no tokenizer files in the folder.", expected)
 
 
-class ViCLIPScorer:
+class ViCLIPScorer(Placed):
+    placed_on = "model"
+
     """A loaded ViCLIP plus its tokenizer: video and text embeddings for the metrics."""
 
     def __init__(self, model: ViCLIP, tokenizer, source: str = ""):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.source = source
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def num_frames(self) -> int:

@@ -22,6 +22,7 @@ from ..sampling.control import CancelCheck, ProgressCallback
 from ..video import as_video, decode_video, pixels_to_frames, prepare_frames, resize_pixels, vae_encode
 from ..memory import is_out_of_memory, release_cached_memory
 from .common import encode_prompts
+from ..params import param
 from .stack import VideoEditStack
 
 
@@ -31,17 +32,24 @@ BRANCH_SPLITS = ("auto", "batched", "sequential")
 @dataclass
 class PlugAndPlayConfig:
     """Sampling settings (defaults: 20 DDIM steps; text / image guidance 7.5 / 1.5, the
-    InstructPix2Pix defaults; 16-frame windows overlapping by 4, AnimateDiff's context)."""
+    InstructPix2Pix defaults; 16-frame windows overlapping by 4, AnimateDiff's context). Each
+    user-facing field is declared with :func:`fdd.params.param` (the node's widget is built from it)."""
 
-    steps: int = 20
-    text_cfg: float = 7.5
-    image_cfg: float = 1.5
-    control_strength: float = 1.0
-    seed: int = 0
-    context_frames: int = 16
-    context_overlap: int = 4
-    denoise: float = 1.0
-    negative_prompt: str = ""
+    negative_prompt: str = param("", "Text for the unconditional branches of guidance.", multiline=True)
+    steps: int = param(20, "DDIM steps.", min=1, max=1000)
+    text_cfg: float = param(7.5, "Text guidance scale s_T (InstructPix2Pix Eq. 3).", min=0.0, max=30.0, step=0.1,
+                            input_name="cfg")
+    image_cfg: float = param(1.5, "Image guidance scale s_I: how strongly the output follows the input frames "
+                                  "through the edit adapter. 1 skips that branch.", min=0.0, max=30.0, step=0.05)
+    control_strength: float = param(1.0, "Multiplier of the edit adapter's residuals.", min=0.0, max=5.0, step=0.01)
+    seed: int = param(0, "Seed of the initial noise; the same seed gives the same video.", min=0,
+                      max=0xFFFFFFFFFFFFFFFF, seed=True)
+    context_frames: int = param(16, "Frames per window given to the video adapter at once (16 for AnimateDiff "
+                                    "v2/v3, 24 for v1's maximum).", min=1, max=128)
+    context_overlap: int = param(4, "Frames shared by consecutive windows; their predictions are blended with "
+                                    "linear ramps.", min=0, max=127)
+    denoise: float = param(1.0, "1 starts from pure noise (EVE); lower values start from the input video noised "
+                                "part-way (SDEdit).", min=0.01, max=1.0, step=0.01)
     #: how the guidance branches run: "batched" (one UNet call per window, fastest), "sequential"
     #: (one call per branch: about 1/n of the activation memory, same result), or "auto"
     #: (batched; on an out-of-memory error, sequential from then on)

@@ -10,12 +10,15 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..memory import Placed
 from ..models.sd1 import SD1Backbone
 from ..video import frame_batch, unframe_batch
 
 
 @dataclass
-class VideoEditStack:
+class VideoEditStack(Placed):
+    placed_on = "denoiser"
+
     """Models that predict noise for a video latent ``(B, C, F, h, w)``.
 
     ``motion_adapter`` is the diffusers ``MotionAdapter``; the motion UNet
@@ -71,14 +74,6 @@ class VideoEditStack:
         for m in self.modules():
             m.to(device=device, dtype=dtype)
         return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
 
     @contextlib.contextmanager
     def applied_loras(self):
