@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -56,13 +55,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import ablation  # noqa: E402
 import common  # noqa: E402  (puts the repo root on sys.path)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 BENCH = "ablation_assd"
 DEFAULT_RUN = None  # the shipped toy models (models/toy)
-DEFAULT_OUT = os.path.join(common.RESULTS_DIR, f"{BENCH}.json")
 DEFAULT_TASKS = ("Local", "Texture", "Style")
 FRAMES = 8  # the toy video prior is trained on 8-frame clips
 
@@ -158,14 +157,16 @@ def parse_args(argv):
     ap.add_argument("--clips", type=int, default=12, help="held-out edits (tasks cycled evenly)")
     ap.add_argument("--iters", type=int, default=50, help="ASSD optimisation steps per clip and variant")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    ap.add_argument("--out", default=DEFAULT_OUT, help="result JSON; the .md and _grid.png go beside it")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                     help="comma-separated object-level toy tasks (Local, Texture, Style, Add, Remove)")
     ap.add_argument("--seed", type=int, default=0, help="ASSD seed (t and eps of every step), all variants")
     ap.add_argument("--grid-clips", type=int, default=3, help="clips shown in the grid PNG")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an ASSDConfig field for every variant (e.g. lr=0.2, tau=0.5)")
+    ablation.add_result_args(ap, BENCH)
     args = ap.parse_args(argv)
+    if args.rescore:
+        return args
     if args.clips < 1 or args.iters < 1 or args.threads < 1 or args.grid_clips < 0:
         raise SystemExit("--clips, --iters and --threads must be >= 1, --grid-clips >= 0")
     from fdd.toy.world import TASKS
@@ -247,31 +248,23 @@ def to_frames(models, z: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 # statistics and output
 
 
-def _clean(x):
-    """JSON-safe: NaN / inf -> None, numpy scalars -> Python, recursively."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def check_claim(per_clip: dict, claim: dict) -> dict:
-    """:func:`common.paired_verdict` of one claim: ``claim["variant"]`` against ``claim["vs"]`` on
-    its metric, the claimed way being ``claim["direction"]`` (+1 up, -1 down). Returns the
-    ``diff`` entry (paired mean change and its SE over ``n`` clips, clips moved the claimed way /
-    the other way / unchanged, sign test p, minimum effect) and the verdict."""
-    v = common.paired_verdict(per_clip[claim["variant"]], per_clip[claim["vs"]], claim["metric"],
-                              claim["direction"] > 0)
-    diff = {"mean": v["delta"], "se": v["se"], "n": v["n"], "clip_wins": v["wins"], "clip_losses": v["losses"],
-            "clip_ties": v["ties"], "sign_test_p": v["p"], "min_effect": v["min_effect"]}
-    return {"diff": diff, "verdict": v["verdict"]}
+    """One claim: ``claim["variant"]`` against ``claim["vs"]`` on its metric, the claimed way being
+    ``claim["direction"]`` (+1 up, -1 down), by :func:`ablation.compare`. Returns the ``diff``
+    entry (paired mean change and its SE over ``n`` clips, clips moved the claimed way / the other
+    way / unchanged, sign test p, minimum effect) and the verdict."""
+    r = ablation.compare(per_clip, claim["metric"], claim["variant"], claim["vs"], claim["direction"] > 0)
+    diff = {"mean": r["delta"], "se": r["se"], "n": r["n"], "clip_wins": r["clip_wins"],
+            "clip_losses": r["clip_losses"], "clip_ties": r["clip_ties"], "sign_test_p": r["sign_test_p"],
+            "min_effect": r["min_effect"]}
+    return {"diff": diff, "verdict": r["verdict"]}
+
+
+def score_claims(variants: dict) -> list[dict]:
+    """Every claim of :data:`CLAIMS` with the two variants' aggregates and :func:`check_claim`."""
+    per_clip = {k: v["per_clip"] for k, v in variants.items()}
+    return [{**c, "before": variants[c["vs"]]["aggregate"][c["metric"]],
+             "after": variants[c["variant"]]["aggregate"][c["metric"]], **check_claim(per_clip, c)} for c in CLAIMS]
 
 
 def _fmt(v, digits=3) -> str:
@@ -287,7 +280,7 @@ def _arrow(d: int) -> str:
     return "↓" if d < 0 else "↑"
 
 
-def write_markdown(path: str, doc: dict) -> str:
+def markdown(doc: dict) -> str:
     s = doc["settings"]
     lines = ["# ASSD ablation on the toy world (paper Fig. 4)", "",
              (f"{s['clips']} held-out edits ({', '.join(s['tasks'])}; {s['frames']} frames at {s['size']} px), "
@@ -343,9 +336,7 @@ def write_markdown(path: str, doc: dict) -> str:
               + "; ".join(doc["grid_clips"]) + ".", "",
               f"![grid]({os.path.basename(doc['grid'])})", "",
               f"Total wall time {doc['wall_s']:.0f} s. Command: `{doc['command']}`", ""]
-    text = "\n".join(lines)
-    common.write_text_atomic(path, text)
-    return path
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +345,10 @@ def write_markdown(path: str, doc: dict) -> str:
 def main(argv=None) -> str:
     """Run the ablation; returns the JSON path. Torch's thread count is restored on return."""
     args = parse_args(argv)
+    if args.rescore:
+        ablation.rescore(args.out, BENCH, lambda doc: score_claims(doc["variants"]), markdown,
+                         {"verdict_rule": common.VERDICT_RULE})
+        return args.out
     prev = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -364,7 +359,7 @@ def main(argv=None) -> str:
 
 def run(args, argv=None) -> str:
     from fdd.assd import ABLATIONS, ASSDConfig, AttentionFusion, encode_source
-    from fdd.toy.heldout import HELDOUT_SEED, heldout_edits, save_strip_grid, score_set
+    from fdd.toy.heldout import HELDOUT_SEED, heldout_edits, score_set
 
     t_start = time.perf_counter()
     paths = model_paths(args.run)
@@ -425,19 +420,11 @@ def run(args, argv=None) -> str:
     reference = {"vae_roundtrip (input encoded + decoded, no optimisation)": {"aggregate": score(roundtrip)[0]},
                  "ground truth (target render)": {"aggregate": score(truths)[0]}}
 
-    claims = []
-    for c in CLAIMS:
-        claims.append({**c, "before": variants[c["vs"]]["aggregate"][c["metric"]],
-                       "after": variants[c["variant"]]["aggregate"][c["metric"]], **check_claim(per_clip, c)})
+    claims = score_claims(variants)
 
-    stem = os.path.splitext(os.path.abspath(args.out))[0]
-    grid_path = stem + "_grid.png"
+    grid_path, _ = ablation.result_paths(args.out)
     shown = list(range(min(args.grid_clips, len(edits))))
-    rows = []
-    for i in shown:
-        rows += [inputs[i], truths[i]] + [outputs[k][i] for k, _ in VARIANTS]
-    if rows:
-        save_strip_grid(grid_path, rows)
+    rows = ablation.grid_rows(inputs, truths, outputs, [k for k, _ in VARIANTS], args.grid_clips)
 
     machine = common.machine_info("cpu")
     comparisons = []
@@ -475,9 +462,7 @@ def run(args, argv=None) -> str:
         "command": "python bench/ablation_assd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     doc["wall_s"] = time.perf_counter() - t_start
-    doc = _clean(doc)
-    common.write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
-    md = write_markdown(stem + ".md", doc)
+    _, md = ablation.write_outputs(args.out, doc, markdown, rows, grid_path)
     for c in claims:
         print(f"{c['variant']:12s} vs {c['vs']:12s} {c['metric']:24s} {_arrow(c['direction'])} "
               f"{c['diff']['mean']:+.4f} ± {c['diff']['se']:.4f}: {c['verdict']}", flush=True)

@@ -80,7 +80,6 @@ Recommended run (8 clips x 4 variants; about 23 CPU-seconds per clip and variant
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -88,6 +87,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import ablation
 import common
 import numpy as np
 import torch
@@ -164,23 +164,18 @@ def _aggregate(outputs, edits, inputs, truths) -> dict:
 
 
 def compare(per_clip: dict, metric: str, ours: str, versus: str) -> dict:
-    """:func:`common.paired_verdict`: is ``ours`` better than ``versus`` on ``metric`` over the clips?"""
-    v = common.paired_verdict(per_clip[ours], per_clip[versus], metric, METRICS[metric])
-    return {"metric": metric, "higher_is_better": v["higher_is_better"], "ours": ours, "versus": versus, "n": v["n"],
-            "mean_ours": v["mean_first"], "mean_versus": v["mean_second"], "delta": v["delta"], "se": v["se"],
-            "min_effect": v["min_effect"], "clip_wins": v["wins"], "clip_losses": v["losses"], "clip_ties": v["ties"],
-            "sign_test_p": v["p"], "verdict": v["verdict"]}
+    """Is ``ours`` better than ``versus`` on ``metric`` over the clips (:func:`ablation.compare`)?"""
+    return ablation.compare(per_clip, metric, ours, versus, METRICS[metric], roles=("ours", "versus"))
 
 
 def score_claims(per_clip: dict) -> list[dict]:
     """Every claim of :data:`CLAIMS` with at least one of its pairs run: :func:`compare` per pair
-    and metric, and the claim's :func:`common.claim_verdict` over them."""
+    and metric, and the claim's verdict over them (:func:`ablation.claim`)."""
     claims = []
     for cid, source, words, metrics, pairs in CLAIMS:
         results = [compare(per_clip, m, a, b) for a, b in pairs if a in per_clip and b in per_clip for m in metrics]
         if results:
-            claims.append({"id": cid, "source": source, "paper": words, "results": results,
-                           "verdict": common.claim_verdict([r["verdict"] for r in results])})
+            claims.append(ablation.claim(results, id=cid, source=source, paper=words))
     return claims
 
 
@@ -192,25 +187,12 @@ def rule_settings() -> dict:
 
 def rescore(out: str) -> int:
     """Recompute the claims and the markdown of the result ``out`` from its saved per-clip rows
-    (nothing is run); rewrites ``out`` and ``<stem>.md`` atomically."""
-    path = os.path.abspath(out)
-    with open(path) as fh:
-        doc = json.load(fh)
-    order = doc["settings"].get("variant_order") or list(doc["variants"])
-    per_clip = {k: doc["variants"][k]["per_clip"] for k in order}
-    doc["claims"] = score_claims(per_clip)
-    doc["settings"].update(rule_settings())
-    doc["rescored"] = ("claims recomputed from the saved per-clip rows with common.paired_verdict "
-                       "(bench/ablation_ei2.py --rescore; no model re-run)")
-    md_path = os.path.splitext(path)[0] + ".md"
-    doc["markdown"] = md_path
-    common.write_text_atomic(path, json.dumps(common.json_safe(doc), indent=1, allow_nan=False) + "\n")
-    common.write_text_atomic(md_path, markdown(doc))
-    for c in doc["claims"]:
-        print(f"[{BENCH}] {c['id']}: {c['verdict']} ("
-              + ", ".join(f"{r['ours']} vs {r['versus']} {r['metric']} {r['verdict']}" for r in c["results"]) + ")")
-    print(f"[{BENCH}] rescored {path}, {md_path}")
-    return 0
+    (:func:`ablation.rescore`; nothing is run)."""
+    def score(doc: dict) -> list[dict]:
+        order = doc["settings"].get("variant_order") or list(doc["variants"])
+        return score_claims({k: doc["variants"][k]["per_clip"] for k in order})
+
+    return ablation.rescore(out, BENCH, score, markdown, rule_settings())
 
 
 def _fmt(x) -> str:
@@ -295,17 +277,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--grid-clips", type=int, default=4)
     p.add_argument("--variants", default=",".join(VARIANTS), help="subset of " + ",".join(VARIANTS))
-    p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, f"{BENCH}.json"))
-    p.add_argument("--rescore", action="store_true",
-                   help="recompute the verdicts and the markdown of --out from its saved per-clip rows (no model run)")
+    ablation.add_result_args(p, BENCH)
     args = p.parse_args(argv)
     if args.rescore:
         return rescore(args.out)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    else:
-        common.setup_threads(2)
+    ablation.set_threads(args.threads)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     keys = [k.strip() for k in args.variants.split(",") if k.strip()]
     unknown = sorted(set(keys) - set(VARIANTS))
@@ -323,7 +299,7 @@ def main(argv=None) -> int:
 
     from fdd.ei2 import EditConfig, TuneConfig, ei2_edit, ei2_tune, tuned_state_dict
     from fdd.models.sd1 import load_sd1
-    from fdd.toy.heldout import heldout_edits, save_strip_grid
+    from fdd.toy.heldout import heldout_edits
 
     device = torch.device(args.device)
     t_load = time.perf_counter()
@@ -387,17 +363,12 @@ def main(argv=None) -> int:
             "final_tune_loss_mean": float(np.mean(final_loss[k])),
         }
         ref = keys[0]
-        variants[k][f"mean_abs_output_diff_vs_{ref}"] = float(np.mean(
-            [np.abs(a - b).mean() for a, b in zip(outputs[k], outputs[ref])]))
+        variants[k][f"mean_abs_output_diff_vs_{ref}"] = ablation.mean_abs_diff(outputs[k], outputs[ref])
 
     claims = score_claims(per_clip)
 
-    stem = os.path.splitext(os.path.abspath(args.out))[0]
-    grid_path, md_path = f"{stem}_grid.png", f"{stem}.md"
-    rows = []
-    for i in range(min(args.grid_clips, len(edits))):
-        rows += [inputs[i], truths[i]] + [outputs[k][i] for k in keys]
-    save_strip_grid(grid_path, rows)
+    grid_path, md_path = ablation.result_paths(args.out)
+    rows = ablation.grid_rows(inputs, truths, outputs, keys, args.grid_clips)
 
     machine = common.machine_info(device)
     comparisons = []
@@ -420,9 +391,8 @@ def main(argv=None) -> int:
                                    "target": e.target_caption} for e in edits]},
            "timing": {"load_s": load_s, "total_s": total_s},
            "variants": variants, "claims": claims, "markdown": md_path, "grid": grid_path}
-    common.write_text_atomic(os.path.abspath(args.out), json.dumps(common.json_safe(doc), indent=1, allow_nan=False) + "\n")
-    common.write_text_atomic(md_path, markdown(doc))
-    print(markdown(doc))
+    ablation.write_outputs(args.out, doc, markdown, rows, grid_path)
+    print(markdown(common.json_safe(doc)))
     print(f"[{BENCH}] wrote {args.out}, {md_path}, {grid_path} ({total_s:.0f} s)")
     return 0
 

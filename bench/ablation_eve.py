@@ -87,6 +87,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import ablation
 import common
 import numpy as np
 import torch
@@ -279,25 +280,27 @@ def clip_scores(out: np.ndarray, edit, inp: np.ndarray) -> dict:
 
 
 def compare(per_clip: dict, metric: str, better: str, worse: str) -> dict:
-    """:func:`common.paired_verdict`: is ``better`` better than ``worse`` on ``metric`` over the clips?"""
-    v = common.paired_verdict(per_clip[better], per_clip[worse], metric, METRICS[metric])
-    return {"metric": metric, "higher_is_better": v["higher_is_better"], "n": v["n"], "mean_better": v["mean_first"],
-            "mean_worse": v["mean_second"], "delta": v["delta"], "se": v["se"], "min_effect": v["min_effect"],
-            "clip_wins": v["wins"], "clip_losses": v["losses"], "clip_ties": v["ties"], "sign_test_p": v["p"],
-            "verdict": v["verdict"]}
+    """Is ``better`` better than ``worse`` on ``metric`` over the clips (:func:`ablation.compare`)?"""
+    return ablation.compare(per_clip, metric, better, worse, METRICS[metric], roles=("better", "worse"))
 
 
 def score_claims(per_clip: dict) -> list[dict]:
     """Every claim of :data:`CLAIMS` whose two rows were run: per-metric :func:`compare` and the
-    claim's :func:`common.claim_verdict`."""
+    claim's verdict (:func:`ablation.claim`)."""
     claims = []
     for cid, row, better, worse, words, source in CLAIMS:
         if better in per_clip and worse in per_clip:
             res = [compare(per_clip, m, better, worse) for m in CLAIM_METRICS]
-            claims.append({"id": cid, "row": row, "better": better, "worse": worse, "paper": words, "source": source,
-                           "metrics": list(CLAIM_METRICS), "results": res,
-                           "verdict": common.claim_verdict([r["verdict"] for r in res])})
+            claims.append(ablation.claim(res, id=cid, row=row, better=better, worse=worse, paper=words,
+                                         source=source, metrics=list(CLAIM_METRICS)))
     return claims
+
+
+def rescore(out: str) -> int:
+    """Recompute the claims and the markdown of the result ``out`` from its saved per-clip rows
+    (:func:`ablation.rescore`; nothing is run)."""
+    return ablation.rescore(out, BENCH, lambda doc: score_claims({k: r["per_clip"] for k, r in doc["rows"].items()}),
+                            markdown, {"verdict_rule": common.VERDICT_RULE, "claim_rule": common.CLAIM_RULE})
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +308,8 @@ def score_claims(per_clip: dict) -> list[dict]:
 
 
 def _fmt(x, nd=3) -> str:
+    if x is None:  # NaN after the strict-JSON round trip
+        return "nan"
     if isinstance(x, float):
         return "nan" if not math.isfinite(x) else f"{x:.{nd}f}"
     return str(x)
@@ -443,13 +448,11 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=",".join(ROWS), help="subset of " + ",".join(ROWS))
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ablation_eve_work"),
                    help="dataset, DINOv2 and the rows' LoRA folders")
-    p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, f"{BENCH}.json"))
+    ablation.add_result_args(p, BENCH)
     args = p.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    else:
-        common.setup_threads(2)
+    if args.rescore:
+        return rescore(args.out)
+    ablation.set_threads(args.threads)
     keys = [k.strip() for k in args.rows.split(",") if k.strip()]
     unknown = sorted(set(keys) - set(ROWS))
     if unknown or not keys:
@@ -479,7 +482,7 @@ def main(argv=None) -> int:
     from fdd.pipelines import VideoEditStack
     from fdd.testing.fdd_fixtures import write_tiny_dinov2
     from fdd.toy.dataset import write_toy_dataset
-    from fdd.toy.heldout import heldout_edits, save_strip_grid, score_set
+    from fdd.toy.heldout import heldout_edits, score_set
     from fdd.toy.world import TASKS
 
     device = torch.device(args.device)
@@ -573,18 +576,13 @@ def main(argv=None) -> int:
             if "fdd" in deltas:
                 r["lora_delta_distance_to_fdd"] = delta_norm(deltas["fdd"])
         ref = "pnp" if "pnp" in keys else keys[0]
-        r[f"mean_abs_output_diff_vs_{ref}"] = float(np.mean([np.abs(a - b).mean()
-                                                             for a, b in zip(outputs[k], outputs[ref])]))
+        r[f"mean_abs_output_diff_vs_{ref}"] = ablation.mean_abs_diff(outputs[k], outputs[ref])
         rows[k] = r
 
     claims = score_claims(per_clip)
 
-    stem = os.path.splitext(os.path.abspath(args.out))[0]
-    grid_path, md_path = f"{stem}_grid.png", f"{stem}.md"
-    grid = []
-    for i in range(min(args.grid_clips, len(edits))):
-        grid += [inputs[i], truths[i]] + [outputs[k][i] for k in keys]
-    save_strip_grid(grid_path, grid)
+    grid_path, md_path = ablation.result_paths(args.out)
+    grid = ablation.grid_rows(inputs, truths, outputs, keys, args.grid_clips)
 
     machine = common.machine_info(device)
     comparisons = []
@@ -615,9 +613,8 @@ def main(argv=None) -> int:
                       "s_per_iteration": {k: training[k]["s_per_iteration"] for k in cfgs},
                       "edit_s_per_clip": {k: float(np.mean(edit_s[k])) for k in keys}},
            "rows": rows, "claims": claims, "markdown": md_path, "grid": grid_path}
-    common.write_text_atomic(os.path.abspath(args.out), json.dumps(doc, indent=1, allow_nan=True) + "\n")
-    common.write_text_atomic(md_path, markdown(doc))
-    print(markdown(doc))
+    ablation.write_outputs(args.out, doc, markdown, grid, grid_path)
+    print(markdown(common.json_safe(doc)))
     print(f"[{BENCH}] wrote {args.out}, {md_path}, {grid_path} ({total_s:.0f} s)")
     return 0
 

@@ -180,6 +180,18 @@ def max_diff(a, b) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def counted_pair(stack, ours, other, name: str):
+    """:func:`count_calls` of ``ours`` and ``other`` (each run twice: warm-up, then counted), the
+    two required to call the UNet and the ControlNet equally often; returns their (counts,
+    output, overhead) and the largest output difference."""
+    count_calls(stack, ours)
+    a = count_calls(stack, ours)
+    count_calls(stack, other)
+    b = count_calls(stack, other)
+    assert a[0]["unet"] == b[0]["unet"] and a[0]["controlnet"] == b[0]["controlnet"], (name, a[0], b[0])
+    return a, b, max_diff(a[1], b[1])
+
+
 # --------------------------------------------------------------------------------------------
 # memory subprocess entry point
 
@@ -229,12 +241,7 @@ def main(argv=None) -> str:
     for image_cfg, n_branches in ((1.0, 2), (1.5, 3)):
         ours = make_ours(stack, frames, steps, image_cfg)
         bare = make_bare(stack, frames, steps, image_cfg)
-        count_calls(stack, ours)
-        c_ours, o_ours, oh_ours = count_calls(stack, ours)
-        count_calls(stack, bare)
-        c_bare, o_bare, oh_bare = count_calls(stack, bare)
-        assert c_ours["unet"] == c_bare["unet"] and c_ours["controlnet"] == c_bare["controlnet"], (c_ours, c_bare)
-        diff = max_diff(o_ours, o_bare)
+        (c_ours, _, oh_ours), (c_bare, _, oh_bare), diff = counted_pair(stack, ours, bare, "bare loop")
         assert diff < 1e-3, f"bare loop and ours disagree (max |diff| {diff})"
         t = common.time_interleaved({"ours": ours, "bare": bare}, repeats=args.repeats, warmup=args.warmup,
                                     device=args.device)
@@ -251,12 +258,7 @@ def main(argv=None) -> str:
     # b. ours vs diffusers AnimateDiffControlNetPipeline (equal work: 2 branches, ControlNet on both)
     ours = make_ours(stack, frames, steps, 1.0, instruction=CAPTION)
     dif = make_diffusers(stack, frames, steps)
-    count_calls(stack, ours)
-    c_ours, o_ours, oh_ours = count_calls(stack, ours)
-    count_calls(stack, dif)
-    c_dif, o_dif, oh_dif = count_calls(stack, dif)
-    assert c_ours["unet"] == c_dif["unet"] and c_ours["controlnet"] == c_dif["controlnet"], (c_ours, c_dif)
-    diff = max_diff(o_ours, o_dif)
+    (c_ours, _, oh_ours), (c_dif, _, oh_dif), diff = counted_pair(stack, ours, dif, "diffusers")
     print(f"[vs diffusers] calls ours {c_ours} diffusers {c_dif}; max |output diff| {diff:.2e}", flush=True)
     t = common.time_interleaved({"ours": ours, "diffusers": dif}, repeats=args.repeats, warmup=args.warmup,
                                 device=args.device)

@@ -255,13 +255,18 @@ def write_text_atomic(path: str, text: str) -> str:
 
 
 def json_safe(obj):
-    """NaN / inf -> None (strict JSON), recursively."""
+    """Strict-JSON-safe, recursively: NaN / inf -> None, numpy scalars -> Python numbers / bools,
+    tuples -> lists, dict keys -> str."""
     import math
 
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj

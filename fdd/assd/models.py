@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -31,6 +30,7 @@ from typing import Any, Optional
 import torch
 
 from ..models.errors import ModelLoadError
+from ..models.state_dict import read_json_file
 from ..pipelines.common import encode_prompts
 from ..memory import Placed
 from ..sampling import DDIMSchedule
@@ -271,11 +271,7 @@ def read_schedule(scheduler_dir: str) -> DDIMSchedule:
     Zeroscope: scaled_linear 0.00085 .. 0.012 over 1000 steps, SD's). Only epsilon prediction
     is supported (score distillation here compares predicted noises)."""
     path = os.path.join(scheduler_dir, "scheduler_config.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(path, f"not a readable scheduler config ({exc}).", _T2V_EXPECTED) from exc
+    cfg = read_json_file(path, _T2V_EXPECTED)
     pred = cfg.get("prediction_type", "epsilon")
     if pred != "epsilon":
         raise ModelLoadError(path, f"the model predicts {pred!r}; ASSD needs an epsilon-prediction model.",

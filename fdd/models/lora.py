@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from .errors import ModelLoadError
 from .state_dict import (
+    read_json_file,
     read_safetensors_metadata,
     read_state_dict,
     save_safetensors_atomic,
@@ -224,11 +225,7 @@ def _find_in_folder(folder: str) -> tuple[str, dict | None]:
     cfg = None
     cfg_path = os.path.join(folder, "adapter_config.json")
     if os.path.isfile(cfg_path):
-        try:
-            with open(cfg_path, encoding="utf-8") as fh:
-                cfg = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(cfg_path, f"adapter_config.json is not readable JSON ({exc}).", _EXPECTED) from exc
+        cfg = read_json_file(cfg_path, _EXPECTED)
     for name in ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter_model.bin",
                  "pytorch_lora_weights.bin"):
         f = os.path.join(folder, name)

@@ -38,7 +38,6 @@ behaves exactly as the stored buffer says.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -46,7 +45,7 @@ from collections.abc import Mapping
 import torch
 
 from .errors import ModelLoadError
-from .state_dict import key_mismatch_report, read_state_dict
+from .state_dict import key_mismatch_report, read_json_file, read_state_dict
 
 #: AnimateDiff convention, not stored in the weights
 MOTION_HEADS = 8
@@ -191,11 +190,8 @@ def _load_folder(folder: str, dtype: torch.dtype):
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.isfile(cfg_path):
         raise ModelLoadError(folder, "the folder has no config.json.", _EXPECTED)
-    try:
-        with open(cfg_path, encoding="utf-8") as fh:
-            cls_name = json.load(fh).get("_class_name")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(folder, f"config.json is not readable JSON ({exc}).", _EXPECTED) from exc
+    cfg = read_json_file(cfg_path, _EXPECTED, report_as=folder)
+    cls_name = cfg.get("_class_name") if isinstance(cfg, dict) else None
     if cls_name != "MotionAdapter":
         raise ModelLoadError(folder, f"the folder holds a {cls_name!r}, not a MotionAdapter.", _EXPECTED)
     try:

@@ -18,6 +18,17 @@ PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin")
 _NESTING_KEYS = ("state_dict", "model", "module", "params_ema")
 
 
+
+def read_json_file(path: str | os.PathLike, expected: str | None = None, report_as: str | os.PathLike | None = None):
+    """The parsed JSON of a model's config file; an unreadable or malformed file is a
+    :class:`ModelLoadError` naming ``report_as`` (default: the file) and what was ``expected``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(report_as if report_as is not None else path,
+                             f"{os.path.basename(os.fspath(path))} is not readable JSON ({exc}).", expected) from exc
+
 def _check_safetensors_header(path: str) -> None:
     """Validate the header and the data length of a safetensors file before loading it.
 

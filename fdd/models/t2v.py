@@ -7,12 +7,12 @@ either the pipeline folder (``model_index.json`` + ``unet/``) or the ``unet`` fo
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import torch
 
 from .errors import ModelLoadError
+from .state_dict import read_json_file
 
 _EXPECTED = ("a diffusers text-to-video folder (ModelScope text-to-video-ms-1.7b / zeroscope_v2) or its "
              "unet/ subfolder, with config.json for a UNet3DConditionModel and its weights")
@@ -63,11 +63,7 @@ def load_t2v_unet(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     folder = os.fspath(folder)
     unet_dir = _find_unet_dir(folder)
     cfg_path = os.path.join(unet_dir, "config.json")
-    try:
-        with open(cfg_path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(cfg_path, f"config.json is not readable JSON ({exc}).", _EXPECTED) from exc
+    cfg = read_json_file(cfg_path, _EXPECTED)
     cls_name = cfg.get("_class_name") if isinstance(cfg, dict) else None
     if cls_name != "UNet3DConditionModel":
         raise ModelLoadError(unet_dir, f"config.json describes a {cls_name!r}, not a UNet3DConditionModel "
