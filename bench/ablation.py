@@ -115,6 +115,8 @@ def rescore(out: str, bench: str, score: Callable[[dict], list[dict]], markdown:
         doc["settings"].update(settings)
     doc["rescored"] = (f"claims recomputed from the saved per-clip rows with common.paired_verdict "
                        f"(bench/{bench}.py --rescore; no model re-run)")
+    if "markdown" in doc:  # the results that record where their markdown is
+        doc["markdown"] = result_paths(path)[1]
     write_outputs(path, doc, markdown)
     for c in doc["claims"]:
         print(f"[{bench}] {c.get('id', c.get('variant'))}: {c['verdict']}")

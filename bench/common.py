@@ -238,6 +238,39 @@ def write_results(bench: str, machine: dict, comparisons: list[dict], results_di
     return write_text_atomic(os.path.join(results_dir, f"{bench}.json"), json.dumps(doc, indent=1) + "\n")
 
 
+class CallCounter:
+    """Counts calls of methods (and the seconds spent in them) by wrapping them with an instance
+    attribute, removed on exit.
+
+    ``CallCounter(unet=model, decode=(vae, "decode"))``: a module alone means its ``forward``.
+    Nested calls are not expected (the targets should not call each other)."""
+
+    def __init__(self, **targets):
+        self.targets = {k: (v if isinstance(v, tuple) else (v, "forward")) for k, v in targets.items()}
+        self.counts = {k: 0 for k in targets}
+        self.seconds = {k: 0.0 for k in targets}
+
+    def __enter__(self):
+        for name, (obj, attr) in self.targets.items():
+            orig = getattr(obj, attr)
+
+            def wrapped(*a, _orig=orig, _name=name, **kw):
+                self.counts[_name] += 1
+                t0 = time.perf_counter()
+                try:
+                    return _orig(*a, **kw)
+                finally:
+                    self.seconds[_name] += time.perf_counter() - t0
+
+            object.__setattr__(obj, attr, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for obj, attr in self.targets.values():
+            object.__delattr__(obj, attr)  # the class method shows through again
+        return False
+
+
 def write_text_atomic(path: str, text: str) -> str:
     """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
     d = os.path.dirname(os.path.abspath(path))

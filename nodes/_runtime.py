@@ -277,6 +277,7 @@ def get_stack(backbone, edit, video):
             while len(_STACKS) >= 2:
                 _STACKS.pop(next(iter(_STACKS)))
             _STACKS[key] = stack
+    stack.motion_scale = float(getattr(video, "motion_scale", 1.0)) if video else 1.0
     stack.controlnet = edit.module if edit else None
     stack.controlnet_source = edit.path if edit else ""
     stack.loras = backbone.lora_stack

@@ -182,6 +182,7 @@ class FDDAlign(PackNode):
         cfg = FDDConfig(
             backbone=backbone.backbone.source or backbone.name, controlnet=edit_adapter.path, dino=dino.path,
             motion_module=video_adapter.path if video else None, dataset=ds.folder, manifest=ds.manifest,
+            motion_scale=float(getattr(video_adapter, "motion_scale", 1.0)) if video else 1.0,
             combination="edit+video" if video else "edit+lora",
             teacher_lora=None if video else ",".join(backbone.lora_names),
             num_frames=ds.num_frames, height=ds.height, width=ds.width, frame_stride=ds.frame_stride,

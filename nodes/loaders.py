@@ -16,7 +16,8 @@ from ..fdd.models.sd1 import companion_tokenizer, load_sd1
 from ..fdd.models.t2v import load_t2v_unet
 from . import _runtime as rt
 from ._inputs import PackNode
-from .types import AdapterHandle, Backbone, BackboneHandle, EditAdapter, T2VUNet, VideoAdapter
+from .types import (AdapterHandle, Backbone, BackboneHandle, EditAdapter, T2VUNet, VideoAdapter,
+                    VideoAdapterHandle)
 
 CATEGORY = "video edit (fdd)/loaders"
 DIFFUSERS_PREFIX = "diffusers/"
@@ -179,6 +180,21 @@ class LoadVideoAdapter(AdapterLoader):
     @staticmethod
     def load(path: str):
         return load_motion_adapter(path).requires_grad_(False)
+
+    @classmethod
+    def define_schema(cls):
+        schema = super().define_schema()
+        schema.inputs.append(io.Float.Input(
+            "motion_scale", default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
+            tooltip="Strength of the motion modules: each module's output is x + scale x (module(x) - x). "
+                    "1 = as trained, 0 = frames independent (no temporal layers), between: weaker motion "
+                    "(AnimateDiff-Evolved's 'effect'). Every method that runs this adapter uses it."))
+        return schema
+
+    @classmethod
+    def execute(cls, motion_module: str, motion_scale: float = 1.0) -> io.NodeOutput:
+        handle = super().execute(motion_module=motion_module).result[0]
+        return io.NodeOutput(VideoAdapterHandle(handle.module, handle.name, handle.path, float(motion_scale)))
 
 
 class LoadLora(PackNode):

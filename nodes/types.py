@@ -45,3 +45,10 @@ class AdapterHandle:
     module: Any
     name: str
     path: str
+
+
+@dataclass(frozen=True)
+class VideoAdapterHandle(AdapterHandle):
+    """A video adapter with the strength its motion modules run at (``fdd.models.motion.blend_motion``)."""
+
+    motion_scale: float = 1.0

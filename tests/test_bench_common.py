@@ -156,3 +156,38 @@ def test_the_rule_text_names_the_table():
         assert word in common.VERDICT_RULE
     assert f"{common.MIN_EFFECT['contamination']:g}" in common.VERDICT_RULE
     assert f"{common.MIN_EFFECT['path_residual_px']:g} px" in common.VERDICT_RULE
+
+
+def test_every_helper_a_bench_script_uses_exists():
+    """Each ``common.X`` / ``ablation.X`` a bench script names is defined: a helper removed from
+    the shared modules while a bench still calls it (as ``CallCounter`` was, breaking
+    ``bench_plug_and_play.py`` and ``bench_assd.py`` until they ran) fails here, not at run time."""
+    import ast
+    import glob
+    import importlib
+
+    shared = {name: importlib.import_module(name) for name in ("common", "ablation")}
+    missing = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "bench", "*.py"))):
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in shared:
+                if not hasattr(shared[node.value.id], node.attr):
+                    missing.append(f"{os.path.basename(path)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not missing, missing
+
+
+def test_call_counter_counts_and_restores():
+    class Model:
+        def forward(self, x):
+            return x + 1
+
+        def decode(self, x):
+            return x * 2
+
+    m = Model()
+    with common.CallCounter(unet=m, decode=(m, "decode")) as c:
+        assert m.forward(1) == 2 and m.forward(2) == 3 and m.decode(3) == 6
+    assert c.counts == {"unet": 2, "decode": 1} and all(s >= 0 for s in c.seconds.values())
+    assert "forward" not in vars(m) and "decode" not in vars(m) and m.forward(1) == 2

@@ -111,6 +111,22 @@ def test_plug_and_play_node(comfy_pack, loaded):
                  instruction="make the ball green", output_caption="", steps=3, seed=5,
                  context_frames=4, context_overlap=2)[0]
     assert alone.shape == frames.shape and not torch.equal(alone, out)
+    # the video adapter's motion_scale: 1 is the default (bit-identical), 0 the edit adapter alone
+    kw = dict(backbone=bb, edit_adapter=cn, frames=frames, instruction="make the ball green", output_caption="",
+              steps=3, seed=5, context_frames=4, context_overlap=2)
+    at = {s: _run(comfy_pack["FDD_LoadVideoAdapter"], motion_module="mm_sd_v15_v2.ckpt", motion_scale=s)[0]
+          for s in (0.0, 0.5, 1.0)}
+    assert at[0.0].module is mm.module and at[0.0].motion_scale == 0.0  # the cached module, its own scale
+    one = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], video_adapter=at[1.0], **kw)[0]
+    zero = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], video_adapter=at[0.0], **kw)[0]
+    half = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], video_adapter=at[0.5], **kw)[0]
+    assert torch.equal(one, out)
+    assert (zero - alone).abs().max() < 2e-3, (zero - alone).abs().max()
+    assert not torch.equal(half, out) and not torch.equal(half, zero)
+    again = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], video_adapter=mm, **kw)[0]
+    assert torch.equal(again, out)  # the shared motion UNet went back to 1
+    with pytest.raises(ValueError, match="motion_scale"):
+        _run(comfy_pack["FDD_LoadVideoAdapter"], motion_module="mm_sd_v15_v2.ckpt", motion_scale=float("nan"))
 
 
 def test_plug_and_play_node_errors_and_interrupt(comfy_pack, loaded):

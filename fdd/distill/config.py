@@ -57,6 +57,9 @@ class FDDConfig:
     combination: str = "edit+video"
     teacher_lora: str | None = None
     teacher_lora_strength: float = 1.0
+    #: the video adapter's strength in training, student and video teacher alike
+    #: (fdd.models.motion.blend_motion; EVE trains at 1)
+    motion_scale: float = 1.0
     # data
     dataset: str = ""
     manifest: str = "manifest.jsonl"

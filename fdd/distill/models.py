@@ -247,7 +247,7 @@ def build_fdd_models(backbone, controlnet, motion_adapter, cfg: FDDConfig, teach
     (edit+lora: merged at ``cfg.teacher_lora_strength`` into the copy that becomes the LoRA
     teacher / student UNet) or a list of ``(LoraWeights, strength)`` merged together."""
     from ..models.lora import LoraStack
-    from ..models.motion import build_motion_unet
+    from ..models.motion import build_motion_unet, set_motion_scale
 
     unet2d = training_copy(backbone.unet)
     cn = training_copy(controlnet)
@@ -258,6 +258,8 @@ def build_fdd_models(backbone, controlnet, motion_adapter, cfg: FDDConfig, teach
             raise ValueError("motion_module: the edit+video combination needs a video adapter")
         with torch.inference_mode(False):
             student = build_motion_unet(unet2d, training_copy(motion_adapter)).eval().requires_grad_(False)
+        if cfg.motion_scale != 1.0:
+            set_motion_scale(student, cfg.motion_scale)
         video = True
     else:
         if teacher_lora is None:

@@ -38,6 +38,7 @@ behaves exactly as the stored buffer says.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -290,3 +291,46 @@ def build_motion_unet(unet2d, adapter, adapter_path: str | os.PathLike | None = 
                              "the backbone.",
                              expected) from exc
     return model.eval()  # from_unet2d already matches the backbone's device and dtype
+
+
+#: the motion modules of a ``UNetMotionModel`` (down / mid / up blocks)
+_MOTION_MODULE = re.compile(r"(.*\.)?motion_modules\.\d+$")
+
+
+def blend_motion(x: torch.Tensor, out: torch.Tensor, scale: float) -> torch.Tensor:
+    """A motion module's output at ``scale``: ``x + scale * (module(x) - x)`` (1 = as trained,
+    0 = the module skipped, so frames are denoised independently). AnimateDiff-Evolved calls
+    this the motion "effect"; AnimateDiff's modules are residual, so it scales their update."""
+    if scale == 1.0:
+        return out
+    return x + (out - x) * scale
+
+
+def set_motion_scale(motion_unet, scale: float) -> None:
+    """Run every motion module of ``motion_unet`` (a ``UNetMotionModel``) at ``scale``
+    (:func:`blend_motion`) until changed; hooks are installed on first use and cost nothing at
+    1. Raises ``ValueError`` for a non-finite or negative scale, naming ``motion_scale``."""
+    scale = float(scale)
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"motion_scale: expected a finite number >= 0, got {scale!r}")
+    if not getattr(motion_unet, "_fdd_motion_hooks", False):
+        mods = [m for n, m in motion_unet.named_modules() if _MOTION_MODULE.match(n)]
+        if not mods:
+            raise ValueError("motion_scale: this model has no motion modules (not a UNetMotionModel)")
+
+        def hook(module, args, kwargs, out):
+            s = motion_unet._fdd_motion_scale
+            if s == 1.0:
+                return None
+            x = args[0] if args else kwargs["hidden_states"]
+            return blend_motion(x, out, s)
+
+        for m in mods:
+            m.register_forward_hook(hook, with_kwargs=True)
+        object.__setattr__(motion_unet, "_fdd_motion_hooks", True)
+    object.__setattr__(motion_unet, "_fdd_motion_scale", scale)
+
+
+def motion_scale_of(motion_unet) -> float:
+    """The scale :func:`set_motion_scale` last set (1 when never set)."""
+    return float(getattr(motion_unet, "_fdd_motion_scale", 1.0))

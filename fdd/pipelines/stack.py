@@ -22,7 +22,8 @@ class VideoEditStack(Placed):
     """Models that predict noise for a video latent ``(B, C, F, h, w)``.
 
     ``motion_adapter`` is the diffusers ``MotionAdapter``; the motion UNet
-    (``UNetMotionModel``) that stacks it on the backbone is built on first use and cached.
+    (``UNetMotionModel``) that stacks it on the backbone is built on first use and cached, and
+    runs its motion modules at ``motion_scale``.
     ``loras`` is a :class:`~fdd.models.lora.LoraStack` (or ``(LoraWeights, strength)`` pairs)
     applied to the denoiser's 2-D layers (never the motion modules or the ControlNet) and, when
     present, the text encoder, only for the duration of :meth:`applied_loras`.
@@ -34,6 +35,9 @@ class VideoEditStack(Placed):
     loras: Sequence = ()
     controlnet_source: str = ""
     motion_source: str = ""
+    #: the video adapter's strength (:func:`fdd.models.motion.blend_motion`): 1 as trained, 0 frames
+    #: independent
+    motion_scale: float = 1.0
     _motion_unet: Optional[torch.nn.Module] = field(default=None, repr=False)
 
     def check_compatible(self) -> None:
@@ -57,6 +61,10 @@ class VideoEditStack(Placed):
                                                   self.motion_source or None,
                                                   getattr(self.backbone, "source", None)).eval()
             self._motion_unet.requires_grad_(False)
+        from ..models.motion import motion_scale_of, set_motion_scale
+
+        if motion_scale_of(self._motion_unet) != self.motion_scale:
+            set_motion_scale(self._motion_unet, self.motion_scale)
         return self._motion_unet
 
     @property
