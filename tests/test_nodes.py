@@ -127,6 +127,13 @@ def test_plug_and_play_node(comfy_pack, loaded):
     assert torch.equal(again, out)  # the shared motion UNet went back to 1
     with pytest.raises(ValueError, match="motion_scale"):
         _run(comfy_pack["FDD_LoadVideoAdapter"], motion_module="mm_sd_v15_v2.ckpt", motion_scale=float("nan"))
+    # a caption over 75 tokens is encoded whole (77-token chunks), not cut: the tiny tokenizer is
+    # character-level, so "abc " x 25 is exactly the first 75 tokens of "abc " x 60
+    first, whole = ("abc " * 25).strip(), ("abc " * 25 + "red ball " * 20).strip()
+    kw["video_adapter"] = mm
+    cut = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], **{**kw, "output_caption": first})[0]
+    full = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], **{**kw, "output_caption": whole})[0]
+    assert (full - cut).abs().max() > 1e-3
 
 
 def test_plug_and_play_node_errors_and_interrupt(comfy_pack, loaded):

@@ -21,7 +21,7 @@ from ..sampling import (DDIMSchedule, add_noise, ddim_sample, instruct_pix2pix_g
 from ..sampling.control import CancelCheck, ProgressCallback
 from ..video import as_video, decode_video, pixels_to_frames, prepare_frames, resize_pixels, vae_encode
 from ..memory import is_out_of_memory, release_cached_memory
-from .common import encode_prompts
+from .common import encode_prompts, same_length
 from ..params import param
 from .stack import VideoEditStack
 
@@ -183,9 +183,10 @@ def edit_video(stack: VideoEditStack, frames: torch.Tensor, instruction: str, ca
     wrap = eps_hook(pixels, schedule) if eps_hook is not None else None
     with stack.applied_loras():
         te = bb.text_encoder
-        caption_emb = encode_prompts(bb.tokenizer, te, [caption], device)
-        instruction_emb = encode_prompts(bb.tokenizer, te, [instruction], device)
-        empty_emb = encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device)
+        caption_emb, instruction_emb, empty_emb = same_length(  # long prompts: one length to batch
+            encode_prompts(bb.tokenizer, te, [caption], device),
+            encode_prompts(bb.tokenizer, te, [instruction], device),
+            encode_prompts(bb.tokenizer, te, [cfg.negative_prompt], device))
         control = ((pixels + 1) / 2) if stack.controlnet is not None else None
         eps_fn = make_edit_eps_fn(stack, control, caption_emb, instruction_emb, empty_emb, cfg)
         if wrap is not None:
