@@ -52,6 +52,21 @@ def video_frames(video: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # frames <-> pixels, sizes
 
+def latent_batch(latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """A video latent ``(1, C, F, h, w)`` in the sampler's scale -> ComfyUI's LATENT samples for
+    SD 1.x: the raw VAE latents (divided by ``scaling_factor``; core scales inside its sampler)
+    with the frames in the batch, ``(F, C, h, w)``, as core video latents for SD 1.x are."""
+    return video_frames(latents.float().cpu()) / scaling_factor
+
+
+def from_latent_batch(samples: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """ComfyUI LATENT samples ``(F, C, h, w)`` (raw VAE latents) -> the sampler's video latent
+    ``(1, C, F, h, w)`` (:func:`latent_batch` undone)."""
+    if samples.ndim != 4:
+        raise ValueError(f"latent: expected LATENT samples [frames, channels, h, w], got shape {tuple(samples.shape)}")
+    return as_video(samples.float()) * scaling_factor
+
+
 def check_clip(frames: torch.Tensor, name: str = "frames") -> torch.Tensor:
     """Refuse anything but a ComfyUI IMAGE batch ``[f, H, W, 3|4]`` with at least one frame."""
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] not in (3, 4) \

@@ -261,6 +261,17 @@ _STACKS: dict = {}
 _STACKS_LOCK = threading.Lock()
 
 
+def core_latent(latents: torch.Tensor, scaling_factor: float) -> dict:
+    """A sampler's final video latent as ComfyUI's LATENT (``fdd.video.latent_batch``)."""
+    from ..fdd.video import latent_batch
+
+    return {"samples": latent_batch(latents, scaling_factor)}
+
+
+LATENT_TOOLTIP = ("The edited frames' latents (raw VAE latents of the backbone, frames in the batch, at the "
+                  "size the UNet ran at) for core nodes: VAEDecode, a hires / upscale pass, ...")
+
+
 def get_stack(backbone, edit, video):
     """The ``VideoEditStack`` for a ``BackboneHandle`` and optional edit / video ``AdapterHandle``:
     one per (backbone, video adapter) so the motion UNet is built once; the edit adapter and the

@@ -105,7 +105,9 @@ class ASSDOptimize(PackNode):
                                      "the 'previews' output); 0 = only the final one."),
             ],
             outputs=[io.Image.Output(display_name="frames"),
-                     io.Image.Output(display_name="previews")],
+                     io.Image.Output(display_name="previews"),
+                     io.Latent.Output(display_name="latent", tooltip=rt.LATENT_TOOLTIP + " With a text-to-video "
+                                      "prior: the prior's VAE latents.")],
         )
 
     @classmethod
@@ -130,4 +132,4 @@ class ASSDOptimize(PackNode):
                                callback=_progress(config.steps, models, preview_every, previews), return_latent=True)
             if not previews:
                 previews.append(preview_strip(models, z))
-        return io.NodeOutput(out, torch.cat(previews))
+        return io.NodeOutput(out, torch.cat(previews), rt.core_latent(z, models.scaling_factor))

@@ -290,7 +290,8 @@ class EI2Edit(PackNode):
                                      "node's frames are already at the tuning size). The output has the "
                                      "input's size."),
             ],
-            outputs=[io.Image.Output(display_name="frames")],
+            outputs=[io.Image.Output(display_name="frames"),
+                     io.Latent.Output(display_name="latent", tooltip=rt.LATENT_TOOLTIP)],
         )
 
     @classmethod
@@ -301,7 +302,7 @@ class EI2Edit(PackNode):
         model = ei2_model.get_module()
         total = config.steps * (2 if config.init == "inversion" else 1)
         with rt.on_compute_device([bb.vae, bb.text_encoder, model]):
-            out = ei2_edit(bb, model, frames, edit_prompt, inversion_prompt=inversion_prompt,
-                           negative_prompt=negative_prompt, config=config, loras=ei2_model.loras, size=int(size),
-                           callback=rt.progress_callback(total))
-        return io.NodeOutput(out)
+            out, latents = ei2_edit(bb, model, frames, edit_prompt, inversion_prompt=inversion_prompt,
+                                    negative_prompt=negative_prompt, config=config, loras=ei2_model.loras,
+                                    size=int(size), callback=rt.progress_callback(total), return_latents=True)
+        return io.NodeOutput(out, rt.core_latent(latents, bb.scaling_factor))

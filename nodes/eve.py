@@ -50,7 +50,8 @@ class EVEVideoEdit(PackNode):
                                         "instruction is used."),
                 *PARAMS.inputs(),
             ],
-            outputs=[io.Image.Output(display_name="frames")],
+            outputs=[io.Image.Output(display_name="frames"),
+                     io.Latent.Output(display_name="latent", tooltip=rt.LATENT_TOOLTIP)],
         )
 
     @classmethod
@@ -62,7 +63,7 @@ class EVEVideoEdit(PackNode):
         caption = output_caption.strip() or instruction
         modules = stack.modules() + [stack.backbone.unet]  # the first-frame edit runs the plain 2-D UNet
         with rt.on_compute_device(modules):
-            out = eve_edit(stack, frames, instruction, caption, config,
-                           callback=rt.progress_callback(denoise_steps(config.steps, config.denoise)),
-                           should_cancel=_interrupt_check)
-        return io.NodeOutput(out)
+            out, latents = eve_edit(stack, frames, instruction, caption, config,
+                                    callback=rt.progress_callback(denoise_steps(config.steps, config.denoise)),
+                                    should_cancel=_interrupt_check, return_latents=True)
+        return io.NodeOutput(out, rt.core_latent(latents, stack.backbone.scaling_factor))

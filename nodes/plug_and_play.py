@@ -40,7 +40,8 @@ class PlugAndPlayVideoEdit(PackNode):
                                            "edited independently (the edit adapter alone)."),
                 *PARAMS.inputs(),
             ],
-            outputs=[io.Image.Output(display_name="frames")],
+            outputs=[io.Image.Output(display_name="frames"),
+                     io.Latent.Output(display_name="latent", tooltip=rt.LATENT_TOOLTIP)],
         )
 
     @classmethod
@@ -52,6 +53,6 @@ class PlugAndPlayVideoEdit(PackNode):
         caption = output_caption.strip() or instruction
         total = denoise_steps(config.steps, config.denoise)
         with rt.on_compute_device(stack.modules()):
-            out = plug_and_play_edit(stack, frames, instruction, caption, config,
-                                     callback=rt.progress_callback(total))
-        return io.NodeOutput(out)
+            out, latents = plug_and_play_edit(stack, frames, instruction, caption, config,
+                                              callback=rt.progress_callback(total), return_latents=True)
+        return io.NodeOutput(out, rt.core_latent(latents, stack.backbone.scaling_factor))

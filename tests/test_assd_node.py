@@ -30,7 +30,7 @@ def test_assd_node_progress_previews_and_outputs(comfy_pack, loaded):
     calls = []
     comfy.utils.set_progress_bar_global_hook(lambda v, t, p, node_id=None: calls.append((v, t, p)))
     try:
-        out, previews = _run(comfy_pack["FDD_ASSDOptimize"], frames=frames, source_prompt="a red ball",
+        out, previews, _ = _run(comfy_pack["FDD_ASSDOptimize"], frames=frames, source_prompt="a red ball",
                              target_prompt="a green ball", t2v_unet=t2v, backbone=bb, steps=3,
                              keyframe_stride=2, preview_every=2, seed=1)
     finally:
@@ -54,13 +54,24 @@ def test_assd_node_animatediff_prior_and_lora(comfy_pack, loaded):
     unet_w = {k: v.clone() for k, v in bb.backbone.unet.state_dict().items()}
     te_w = {k: v.clone() for k, v in bb.backbone.text_encoder.state_dict().items()}
     frames = moving_shapes_clip(3, 32, 32)
-    out, _ = _run(comfy_pack["FDD_ASSDOptimize"], frames=frames, source_prompt="a red ball",
-                  target_prompt="a green ball", backbone=with_lora, video_adapter=mm, steps=2, preview_every=0)
+    out, _, latent = _run(comfy_pack["FDD_ASSDOptimize"], frames=frames, source_prompt="a red ball",
+                          target_prompt="a green ball", backbone=with_lora, video_adapter=mm, steps=2,
+                          preview_every=0)
     assert out.shape == frames.shape and torch.isfinite(out).all()
+    # the LATENT output: raw VAE latents, frames in the batch; decoded it gives the IMAGE output
+    from fdd.video import decode_video, from_latent_batch, pixels_to_frames
+
+    bbm = bb.backbone
+    f = bbm.vae_scale_factor
+    assert latent["samples"].shape == (3, 4, 32 // f, 32 // f)
+    with torch.no_grad():
+        decoded = pixels_to_frames(decode_video(bbm.vae, from_latent_batch(latent["samples"], bbm.scaling_factor),
+                                                bbm.scaling_factor))
+    assert (decoded - out).abs().max() <= 1 / 255
     # LoRAs are applied only during the run: weights restored bit-exactly
     assert all(torch.equal(v, unet_w[k]) for k, v in bb.backbone.unet.state_dict().items())
     assert all(torch.equal(v, te_w[k]) for k, v in bb.backbone.text_encoder.state_dict().items())
-    plain, _ = _run(comfy_pack["FDD_ASSDOptimize"], frames=frames, source_prompt="a red ball",
+    plain, _, _ = _run(comfy_pack["FDD_ASSDOptimize"], frames=frames, source_prompt="a red ball",
                     target_prompt="a green ball", backbone=bb, video_adapter=mm, steps=2, preview_every=0)
     assert not torch.equal(plain, out)
 

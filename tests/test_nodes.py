@@ -134,6 +134,18 @@ def test_plug_and_play_node(comfy_pack, loaded):
     cut = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], **{**kw, "output_caption": first})[0]
     full = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], **{**kw, "output_caption": whole})[0]
     assert (full - cut).abs().max() > 1e-3
+    # the LATENT output (raw VAE latents, frames in the batch) decodes to the IMAGE output; 32 px
+    # frames need no resize (the tiny UNet takes multiples of 16)
+    from fdd.video import decode_video, from_latent_batch, pixels_to_frames
+
+    small = moving_shapes_clip(4, 32, 32)
+    img, latent = _run(comfy_pack["FDD_PlugAndPlayVideoEdit"], **{**kw, "frames": small})
+    f = bb.backbone.vae_scale_factor
+    assert latent["samples"].shape == (4, 4, 32 // f, 32 // f)
+    vae, sf = bb.backbone.vae, bb.backbone.scaling_factor
+    with torch.no_grad():
+        decoded = pixels_to_frames(decode_video(vae, from_latent_batch(latent["samples"], sf), sf))
+    assert (decoded - img).abs().max() <= 1 / 255
 
 
 def test_plug_and_play_node_errors_and_interrupt(comfy_pack, loaded):

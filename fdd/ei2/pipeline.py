@@ -93,11 +93,11 @@ def ei2_tune(backbone, config: InflationConfig, frames: torch.Tensor, caption: s
 def ei2_edit(backbone, model: InflatedUNet, frames: torch.Tensor, edit_prompt: str, *,
              inversion_prompt: str = "", negative_prompt: str = "", config: EditConfig | None = None,
              loras: Sequence = (), size: int = 0, callback: ProgressCallback | None = None,
-             should_cancel: CancelCheck | None = None) -> torch.Tensor:
+             should_cancel: CancelCheck | None = None, return_latents: bool = False):
     """Edit ``frames`` (IMAGE ``[n, H, W, 3]``, ideally the frames the model was tuned on) with
     ``edit_prompt``: DDIM inversion with ``inversion_prompt`` (Tune-A-Video: empty), then DDIM
     sampling with classifier-free guidance against ``negative_prompt``. Returns IMAGE frames of
-    the input's size."""
+    the input's size (and the final latents ``(1, C, n, h, w)`` with ``return_latents``)."""
     cfg = (config or EditConfig()).validate()
     _, H, W, _ = frames.shape
     pixels = prepare_pixels(frames, size_multiple(backbone.vae_scale_factor, model.unet), size)
@@ -109,4 +109,5 @@ def ei2_edit(backbone, model: InflatedUNet, frames: torch.Tensor, edit_prompt: s
                            should_cancel=should_cancel)
     vae_dev = next(backbone.vae.parameters()).device
     pix = decode_video(backbone.vae, out.to(vae_dev), backbone.scaling_factor)
-    return pixels_to_frames(resize_back(pix, (H, W)))
+    frames_out = pixels_to_frames(resize_back(pix, (H, W)))
+    return (frames_out, out) if return_latents else frames_out

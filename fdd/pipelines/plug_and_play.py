@@ -202,13 +202,14 @@ def edit_video(stack: VideoEditStack, frames: torch.Tensor, instruction: str, ca
 def plug_and_play_edit(stack: VideoEditStack, frames: torch.Tensor, instruction: str, caption: str,
                        config: PlugAndPlayConfig | None = None, *,
                        callback: ProgressCallback | None = None,
-                       should_cancel: CancelCheck | None = None) -> torch.Tensor:
+                       should_cancel: CancelCheck | None = None, return_latents: bool = False):
     """Edit ``frames`` (ComfyUI IMAGE ``[F, H, W, 3]``, 0..1) with ``instruction``, the result
     described by ``caption``. Returns edited frames of the same shape.
 
     Frames are resized to the nearest smaller size the UNet accepts and the result resized
     back. With ``denoise`` < 1 sampling starts from the input video's latent noised to the
-    matching timestep (SDEdit) instead of pure noise.
+    matching timestep (SDEdit) instead of pure noise. With ``return_latents`` also the final
+    latents ``(1, C, F, h, w)``.
     """
     return edit_video(stack, frames, instruction, caption, config or PlugAndPlayConfig(),
-                      callback=callback, should_cancel=should_cancel)
+                      callback=callback, should_cancel=should_cancel, return_latents=return_latents)
